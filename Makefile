@@ -1,0 +1,28 @@
+# The two set-up commands of the README are `make run` and `make test`.
+# Both install what is missing first, so they work on a fresh machine.
+PYTHON ?= python3
+STAMP := .install.stamp
+
+.PHONY: run test install bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	# compat mode puts the checkout itself on sys.path, which is what lets
+	# Twisted find the flat-layout twisted/plugins/ directory.
+	$(PYTHON) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	command -v dccp >/dev/null || { apt-get update -qq && apt-get install -y -qq dcap libdcap1 >/dev/null; }
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PYTHON) -m twisted -n -y conf/local.tac
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PYTHON) $$b || exit 1; done
+
+clean:
+	rm -f $(STAMP)

@@ -1,0 +1,1 @@
+"""DCAP: the dCache access protocol's door (control lines) and mover (data channel)."""
