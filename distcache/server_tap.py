@@ -1,0 +1,144 @@
+"""``twistd dc_server``: options and the service tree of the cache server."""
+
+from __future__ import annotations
+
+import signal
+from typing import List, Optional
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from distcache import address
+from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
+                                 parse_perms)
+from distcache.server import CacheServerFactory
+from distcache.store import SessionStore
+
+
+def positive_int(name: str, text: str, minimum: int = 1) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{name} takes a whole number, not {text!r}")
+    if value < minimum:
+        raise usage.UsageError(f"--{name} must be at least {minimum}, not {value}")
+    return value
+
+
+class SocketOptions(usage.Options):
+    """The unix-socket flags shared by every listening tool."""
+
+    optParameters = [
+        ["sockowner", None, None, "Owner (user name or uid) of a unix listening socket."],
+        ["sockgroup", None, None, "Group (name or gid) of a unix listening socket."],
+        ["sockperms", None, None, "Permissions (octal, e.g. 0660) of a unix listening socket."],
+    ]
+
+    def ownership(self) -> SocketOwnership:
+        check_owner(self["sockowner"])
+        check_group(self["sockgroup"])
+        perms = parse_perms(self["sockperms"]) if self["sockperms"] is not None else None
+        return SocketOwnership(self["sockowner"], self["sockgroup"], perms)
+
+
+class Options(SocketOptions):
+    synopsis = "--listen ADDR [--listen ADDR ...] [--sessions N] [--progress N]"
+    longdesc = ("The distcache session cache server.  ADDR is UNIX:/path, IP:host:port, "
+                "IP:port, IPv6:[host]:port or a Twisted endpoint string (unix:, tcp:, tcp6:, "
+                "ssl:, systemd:).")
+
+    optFlags = [
+        ["killable", None, "Let SIGUSR1 and SIGUSR2 stop the server cleanly."],
+    ]
+    optParameters = [
+        ["sessions", None, "512", "The most sessions the cache holds."],
+        ["progress", None, "0", "Also log the activity line every N operations."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, addr: str) -> None:
+        """Address to listen on (repeatable)."""
+        try:
+            address.parse(addr)
+        except address.AddressError as e:
+            raise usage.UsageError(str(e))
+        self["listen"].append(addr)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            raise usage.UsageError("--listen ADDR is required")
+        self["sessions"] = positive_int("sessions", self["sessions"])
+        self["progress"] = positive_int("progress", self["progress"], minimum=0)
+        self["ownership"] = self.ownership()
+
+
+class CacheServerService(MultiService):
+    """dc_server as a service; holds only plain configuration until it starts."""
+
+    log = Logger(namespace="distcache.server")
+
+    def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
+                 ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
+                 reactor=None):
+        super().__init__()
+        self.listen = list(listen)
+        self.sessions = sessions
+        self.progress = progress
+        self.ownership = ownership
+        self.killable = killable
+        self._reactor = reactor
+        self.factory: Optional[CacheServerFactory] = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_reactor", None)
+        state["factory"] = None
+        state["services"] = []
+        state["namedServices"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reactor = None
+
+    def _build(self) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        store = SessionStore(reactor, self.sessions)
+        self.factory = CacheServerFactory(store, self.progress, clock=reactor)
+        for addr in self.listen:
+            Listener(addr, self.factory, self.ownership, reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        if self.factory is None:
+            self._build()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.factory is None:
+            self._build()
+        super().startService()
+        self.log.info("dc_server started: {sessions} sessions at most", sessions=self.sessions)
+        if self.killable:
+            self._install_kill_signals()
+
+    def _install_kill_signals(self) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+
+        def stop(signum, frame):
+            reactor.callFromThread(reactor.stop)
+
+        signal.signal(signal.SIGUSR1, stop)
+        signal.signal(signal.SIGUSR2, stop)
+
+
+def makeService(options) -> CacheServerService:
+    return CacheServerService(options["listen"], options["sessions"], options["progress"],
+                              options["ownership"], options["killable"])

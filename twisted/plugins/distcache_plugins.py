@@ -1,0 +1,7 @@
+"""twistd plugins of the distcache suite; each names its tap module, imported lazily."""
+
+from twisted.application.service import ServiceMaker
+
+dc_server = ServiceMaker(
+    "distcache server", "distcache.server_tap",
+    "The distcache session cache server (dc_server).", "dc_server")
