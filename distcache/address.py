@@ -97,17 +97,21 @@ def _unix_path(args: str, whole: str) -> str:
     raise AddressError(f"address {whole!r} names no path")
 
 
+# Bursts of thousands of connections must queue, not be refused (Twisted's default is 50).
+BACKLOG = 4096
+
+
 def server_description(addr: Address) -> str:
     """A Twisted server endpoint string for listening on ``addr``."""
     if addr.kind == "unix":
         if addr.text.startswith("unix:"):
             return addr.text
-        return f"unix:{_escape(addr.path)}"
+        return f"unix:{_escape(addr.path)}:backlog={BACKLOG}"
     if addr.kind == "tcp":
         iface = f":interface={_escape(addr.host)}" if addr.host else ""
-        return f"tcp:{addr.port}{iface}"
+        return f"tcp:{addr.port}{iface}:backlog={BACKLOG}"
     if addr.kind == "tcp6":
-        return f"tcp6:{addr.port}:interface={_escape(addr.host or '::')}"
+        return f"tcp6:{addr.port}:interface={_escape(addr.host or '::')}:backlog={BACKLOG}"
     return addr.text
 
 

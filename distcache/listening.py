@@ -68,7 +68,7 @@ def _gid(name: Optional[str]) -> int:
 class Listener(Service):
     """Listens on one address with one factory while running."""
 
-    log = Logger(namespace="distcache.listen")
+    log = Logger()
 
     def __init__(self, addr: str, factory, ownership: SocketOwnership = SocketOwnership(),
                  reactor=None):

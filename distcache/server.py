@@ -29,7 +29,7 @@ _encode_response = wire.encode_response
 class ActivityReport:
     """The C server's activity line, at most once a second or every ``progress`` operations."""
 
-    log = Logger(namespace="distcache.server")
+    log = Logger()
 
     def __init__(self, store, progress: int = 0):
         self._store = store
@@ -66,7 +66,7 @@ class ActivityReport:
 class CacheServerProtocol(Protocol):
     """One client connection to the cache."""
 
-    log = Logger(namespace="distcache.server")
+    log = Logger()
 
     def __init__(self):
         self._decoder = wire.Decoder(expect=False)
@@ -198,6 +198,7 @@ class CacheServerFactory(Factory):
             self._ticker.start(1.0, now=False)
 
     def stopFactory(self) -> None:
+        self.activity.tick()  # the last changes before shutdown are reported too
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._ticker = None

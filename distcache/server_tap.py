@@ -79,7 +79,7 @@ class Options(SocketOptions):
 class CacheServerService(MultiService):
     """dc_server as a service; holds only plain configuration until it starts."""
 
-    log = Logger(namespace="distcache.server")
+    log = Logger()
 
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,

@@ -1,0 +1,123 @@
+"""dc_server's command lines: twistd options, the C tool's flags, and start-up failures."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from twisted.python import usage
+
+from distcache.cflags import twistd_argv
+from distcache.server_tap import Options
+from netutil import blocking_exchange, free_port, wait_for
+from vectors import transcript
+
+GOLDEN = transcript("distcache-c-golden.log")
+REQUESTS = b"".join(d for _, direction, d in GOLDEN if direction == "C>S")
+REPLIES = b"".join(d for _, direction, d in GOLDEN if direction == "S>C")
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+DC_SERVER = [sys.executable, "-c", "from distcache.cflags import dc_server; dc_server()"]
+
+
+def parse(*argv):
+    o = Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+def test_options_defaults_and_forms():
+    o = parse("--listen", "UNIX:/tmp/x", "--listen", "tcp:9999", "--listen", "IP::8000",
+              "--listen", "IPv6:[::1]:8001")
+    assert o["listen"] == ["UNIX:/tmp/x", "tcp:9999", "IP::8000", "IPv6:[::1]:8001"]
+    assert o["sessions"] == 512 and o["progress"] == 0
+    assert parse("--listen", "IP:1", "--sessions", "1000000")["sessions"] == 1000000
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "--listen ADDR is required"),
+    (["--listen", "nowhere"], "no prefix"),
+    (["--listen", "IP:host:notaport"], "bad port"),
+    (["--listen", "IP:1", "--sessions", "0"], "at least 1"),
+    (["--listen", "IP:1", "--sessions", "many"], "whole number"),
+    (["--listen", "IP:1", "--sockperms", "999"], "octal"),
+    (["--listen", "IP:1", "--sockowner", "no-such-user-here"], "no such user"),
+])
+def test_bad_options(argv, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv)
+
+
+def test_c_flags_translate_to_twistd():
+    assert twistd_argv("dc_server", ["-listen", "UNIX:/x", "-sessions", "9", "-killable"]) == [
+        "--nodaemon", "--pidfile=", "dc_server", "--listen", "UNIX:/x", "--sessions", "9",
+        "--killable"]
+    argv = twistd_argv("dc_server", ["-daemon", "-pidfile", "/run/x.pid", "-user", "root",
+                                     "-listen", "IP:9"])
+    assert argv[:3] == ["--syslog", "--prefix", "dc_server"]
+    assert "--pidfile=/run/x.pid" in argv and argv[argv.index("--uid") + 1] == "0"
+
+
+def run_server(cmd, tmp_path, *args):
+    return subprocess.Popen(cmd + list(args), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_twistd_plugin_serves_and_logs_activity(tmp_path):
+    path = str(tmp_path / "s.sock")
+    port = free_port()
+    proc = run_server(TWISTD, tmp_path, "-n", "--pidfile=", "dc_server", "--listen",
+                      f"UNIX:{path}", "--listen", f"IP:127.0.0.1:{port}")
+    try:
+        assert wait_for(lambda: os.path.exists(path))
+        assert blocking_exchange(socket.AF_UNIX, path, REQUESTS, len(REPLIES)) == REPLIES
+        assert blocking_exchange(socket.AF_INET, ("127.0.0.1", port), REQUESTS,
+                                 len(REPLIES)) == REPLIES
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert "Info, total operations =      16" in out
+    # twistd ends by re-raising the signal it stopped on, as a shell expects
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_c_command_line_with_killable(tmp_path):
+    path = str(tmp_path / "c.sock")
+    proc = run_server(DC_SERVER, tmp_path, "-listen", f"UNIX:{path}", "-sessions", "3",
+                      "-killable")
+    try:
+        assert wait_for(lambda: os.path.exists(path))
+        assert blocking_exchange(socket.AF_UNIX, path, REQUESTS, len(REPLIES)) == REPLIES
+        proc.send_signal(signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "3 sessions at most" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["-listen", "bogus"],
+    ["-sessions", "5"],
+])
+def test_bad_c_command_line_exits_non_zero(tmp_path, args):
+    proc = run_server(DC_SERVER, tmp_path, *args)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode != 0
+    assert "listen" in out
+
+
+def test_start_up_failure_exits_non_zero(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        proc = run_server(DC_SERVER, tmp_path, "-listen", f"IP:127.0.0.1:{port}")
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        holder.close()
+    assert proc.returncode != 0
+    assert "Address already in use" in out or "Couldn't listen" in out

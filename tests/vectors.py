@@ -1,0 +1,24 @@
+"""Loading the captured C distcache bytes from the shared vectors directory."""
+
+import os
+from pathlib import Path
+
+VECTORS = Path(os.environ.get("DISTCACHE_VECTORS",
+                              Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+
+
+def transcript(name):
+    """[(connection, direction, bytes)] from a ``<conn> C>S|S>C <count> <hex>`` log."""
+    rows = []
+    for line in (VECTORS / name).read_text().splitlines():
+        if not line.strip():
+            continue
+        conn, direction, count, hexbytes = line.split()
+        data = bytes.fromhex(hexbytes)
+        assert len(data) == int(count), line
+        rows.append((conn, direction, data))
+    return rows
+
+
+def hexfile(name):
+    return bytes.fromhex((VECTORS / name).read_text().strip())
