@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PYTHON) -m twisted -n -y conf/local.tac
+	$(PYTHON) -c "from twisted.scripts.twistd import run; run()" --nodaemon --pidfile= -y conf/local.tac
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q

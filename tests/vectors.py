@@ -1,10 +1,10 @@
-"""Loading the captured C distcache bytes from the shared vectors directory."""
+"""Loading the captured C distcache bytes (golden test input)."""
 
 import os
 from pathlib import Path
 
-VECTORS = Path(os.environ.get("DISTCACHE_VECTORS",
-                              Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+# Bytes captured from the C distcache and from dccp, kept beside the tests.
+VECTORS = Path(os.environ.get("DISTCACHE_VECTORS", Path(__file__).resolve().parent / "vectors"))
 
 
 def transcript(name):
