@@ -67,3 +67,7 @@ def dc_server() -> None:
 
 def dc_client() -> None:
     run("dc_client")
+
+
+def dc_snoop() -> None:
+    run("dc_snoop")

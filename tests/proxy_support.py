@@ -54,7 +54,12 @@ class Collector(protocol.Protocol):
 
     def dataReceived(self, data):
         self.received += data
-        self.replies += self.decoder.feed(data)
+        if self.decoder is not None:
+            try:
+                self.replies += self.decoder.feed(data)
+            except wire.ProtocolError as e:  # not distcache: keep the bytes, stop decoding
+                self.replies += e.messages
+                self.decoder = None
         self._check()
 
     def connectionLost(self, reason):

@@ -9,3 +9,7 @@ dc_server = ServiceMaker(
 dc_client = ServiceMaker(
     "distcache client proxy", "distcache.client_tap",
     "The local distcache proxy sharing one server connection (dc_client).", "dc_client")
+
+dc_snoop = ServiceMaker(
+    "distcache traffic analyser", "distcache.snoop_tap",
+    "A transparent proxy logging every distcache message (dc_snoop).", "dc_snoop")
