@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Dict, List, Optional, Set
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,6 +34,15 @@ PAUSE_WRITE = 1      # its own send buffer is full: the client is not reading re
 PAUSE_BACKLOG = 2    # too many of its requests are in flight
 PAUSE_UPSTREAM = 4   # the server connection's send buffer is full
 PAUSE_CLOSING = 8    # malformed input: answering what came before, then closing
+
+
+def no_delay(transport) -> None:
+    """Small requests and replies go out at once over TCP, not held back by Nagle."""
+    if ITCPTransport.providedBy(transport):
+        try:
+            transport.setTcpNoDelay(True)
+        except OSError:
+            pass
 
 
 class Pending:
@@ -154,6 +163,7 @@ class UpstreamProtocol(Protocol):
         self._dropped = False
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self.link.attach(self)
 
@@ -244,6 +254,7 @@ class LocalProtocol(Protocol):
         factory = self.factory
         link = factory.link
         link.locals.add(self)
+        no_delay(self.transport)
         self.transport.registerProducer(self, True)
         if link.paused:
             self.pause(PAUSE_UPSTREAM)

@@ -258,3 +258,30 @@ def test_malformed_local_input_closes_that_client_only(reactor):
         assert rig.link.connected
     finally:
         yield rig.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_golden_vector_over_tcp_on_both_legs(reactor):
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    requests, expected = requests_and_replies("distcache-c-golden.log")
+    server = CacheServerFactory(SessionStore(reactor, 64), clock=reactor)
+    server_port = reactor.listenTCP(0, server, interface="127.0.0.1")
+    proxy = ClientProxyService("IP:127.0.0.1:0", f"IP:127.0.0.1:{server_port.getHost().port}",
+                               retry_ms=RETRY_MS, reactor=reactor)
+    proxy.startService()
+    client = None
+    try:
+        while not proxy.link.connected:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert proxy.link.protocol.transport.getTcpNoDelay()
+        port = list(proxy)[0].port.getHost().port
+        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(collector_factory())
+        client.transport.write(b"".join(requests))
+        yield client.wait_replies(len(requests))
+        assert bytes(client.received) == b"".join(expected)
+    finally:
+        if client is not None:
+            client.transport.abortConnection()
+        yield proxy.stopService()
+        yield server_port.stopListening()
+        server.stopFactory()
