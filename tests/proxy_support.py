@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Tuple
 
@@ -10,10 +9,7 @@ from twisted.internet import defer, protocol
 
 from distcache import wire
 
-VECTORS = Path(os.environ.get("DISTCACHE_VECTORS", Path(__file__).resolve().parents[1].parent
-                              / "shared" / "vectors"))
-if not VECTORS.is_dir():
-    VECTORS = Path("/work/shared/vectors")
+VECTORS = Path(__file__).resolve().parent / "vectors"
 
 
 def load_log(name: str) -> List[Tuple[str, bytes]]:
