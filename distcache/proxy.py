@@ -237,14 +237,16 @@ class LocalProtocol(Protocol):
     """One local client: requests out to the server link, replies back in request order."""
 
     log = Logger(namespace="distcache.proxy")
-    # Requests of one client in flight before it is no longer read; a client that
-    # pipelines without reading replies cannot make the proxy buffer without bound.
-    max_outstanding = 256
+    # Requests of one client sent to the server and not yet answered.  Beyond this the
+    # client's requests are held back and it is not read, so a client that pipelines
+    # without reading its replies cannot make the proxy buffer without bound.
+    max_outstanding = 128
 
     def __init__(self):
         self._decoder = wire.Decoder(expect=False)
         self.waiting: Deque[Pending] = deque()
         self.gone = False
+        self._held: Deque[wire.Message] = deque()
         self._out: List[bytes] = []
         self._paused = 0
         self._idle_call = None
@@ -268,6 +270,7 @@ class LocalProtocol(Protocol):
         # Late replies find ``gone`` set and are dropped; their uids stay reserved
         # until the server answers them.
         self.waiting.clear()
+        self._held.clear()
         self._out = []
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
@@ -285,16 +288,36 @@ class LocalProtocol(Protocol):
         factory = self.factory
         if factory.idle:
             self._last = factory.clock.seconds()
-        if messages:
-            factory.link.relay(self, messages)
-            if len(self.waiting) >= self.max_outstanding:
-                self.pause(PAUSE_BACKLOG)
         if error is not None:
             self.log.warn("closing local connection from {peer}: {error}",
                           peer=self.transport.getPeer(), error=error)
             self.pause(PAUSE_CLOSING)
-            if not self.waiting:
-                self.transport.loseConnection()
+        if not self._held and len(self.waiting) + len(messages) < self.max_outstanding:
+            if messages:
+                factory.link.relay(self, messages)
+            if error is not None:
+                self._release()
+        else:
+            self._held.extend(messages)
+            self._release()
+
+    def _release(self) -> None:
+        """Forward held requests while there is room; pause, resume or close to match."""
+        if self.gone:
+            return
+        held = self._held
+        waiting = self.waiting
+        limit = self.max_outstanding
+        while held and not self._paused & PAUSE_WRITE and len(waiting) < limit:
+            room = limit - len(waiting)
+            batch = [held.popleft() for _ in range(min(room, len(held)))]
+            self.factory.link.relay(self, batch)  # answered at once if the server is away
+        if held or len(waiting) >= limit:
+            self.pause(PAUSE_BACKLOG)
+        elif len(waiting) <= limit // 2:
+            self.resume(PAUSE_BACKLOG)
+        if self._paused & PAUSE_CLOSING and not held and not waiting:
+            self.transport.loseConnection()
 
     # Replies.
     def ready(self, pending: Pending) -> bool:
@@ -313,18 +336,14 @@ class LocalProtocol(Protocol):
             return
         self._out = []
         self.write_now(out)
+        if self._paused:
+            self._release()
 
     def write_now(self, replies: List[bytes]) -> None:
         self.transport.write(_EMPTY.join(replies))
         factory = self.factory
         if factory.idle:
             self._last = factory.clock.seconds()
-        paused = self._paused
-        if paused:
-            if paused & PAUSE_BACKLOG and len(self.waiting) <= self.max_outstanding // 2:
-                self.resume(PAUSE_BACKLOG)
-            if paused & PAUSE_CLOSING and not self.waiting:
-                self.transport.loseConnection()
 
     # Reading is paused for any of several reasons and resumes when none is left.
     def pause(self, reason: int) -> None:
@@ -344,6 +363,8 @@ class LocalProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self.resume(PAUSE_WRITE)
+        if self._held:
+            self._release()
 
     def stopProducing(self) -> None:
         pass

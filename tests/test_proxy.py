@@ -275,19 +275,62 @@ def test_a_client_not_reading_stops_being_read():
     assert transport.producerState == "producing"
 
 
-def test_a_client_pipelining_too_far_ahead_is_paused_until_answered():
+def test_a_client_pipelining_too_far_ahead_is_held_back_and_paused():
     proxy = Proxy()
     proxy.connect_upstream()
     proto, transport = proxy.local()
-    many = LocalProtocol.max_outstanding
-    proto.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"a") * many)
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(b"".join(wire.encode_request(uid, wire.OP_HAVE, b"a")
+                                for uid in range(limit * 3)))
     assert transport.producerState == "paused"
-    requests = proxy.server_requests()
-    proxy.answer(requests[:many // 4])
-    assert transport.producerState == "paused"
-    proxy.answer(requests[many // 4:])
+    for batch in range(3):
+        requests = proxy.server_requests()
+        assert len(requests) == limit
+        assert len(proxy.link.in_flight) == limit
+        proxy.answer(requests)
+    assert proxy.server_requests() == []
     assert transport.producerState == "producing"
-    assert len(replies(transport)) == many
+    assert [m.uid for m in replies(transport)] == list(range(limit * 3))
+
+
+def test_held_requests_wait_while_the_client_is_not_reading():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a") * (limit + 5))
+    proto.pauseProducing()  # its send buffer filled up
+    proxy.answer(proxy.server_requests(), lambda m: b"x" * 1000)
+    assert proxy.server_requests() == []
+    proto.resumeProducing()
+    assert len(proxy.server_requests()) == 5
+
+
+def test_held_requests_are_answered_empty_when_the_server_goes_away():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(b"".join(wire.encode_request(uid, wire.OP_HAVE, b"a")
+                                for uid in range(limit + 3)))
+    proxy.lose_upstream()
+    got = replies(transport)
+    assert [m.payload for m in got] == [b"\x02"] * limit + [b""] * 3
+    assert [m.uid for m in got] == list(range(limit + 3))
+    assert transport.producerState == "producing"
+
+
+def test_malformed_input_behind_held_requests_closes_after_all_are_answered():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"a") * (limit + 1) + b"\xff" * 14)
+    proxy.answer(proxy.server_requests())
+    assert not transport.disconnecting
+    proxy.answer(proxy.server_requests())
+    assert transport.disconnecting
+    assert len(replies(transport)) == limit + 1
 
 
 def test_a_slow_server_pauses_every_local_client():

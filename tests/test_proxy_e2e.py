@@ -285,3 +285,33 @@ def test_golden_vector_over_tcp_on_both_legs(reactor):
         yield proxy.stopService()
         yield server_port.stopListening()
         server.stopFactory()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_does_not_read_is_not_buffered_for(reactor):
+    from distcache.proxy import LocalProtocol
+    rig = Rig(reactor)
+    try:
+        yield rig.until(lambda: rig.link.connected)
+        loader, greedy, other = yield rig.connect(3)
+        data = bytes(range(256)) * 64  # 16 KiB of session data
+        loader.transport.write(wire.encode_request(
+            1, wire.OP_ADD, wire.encode_add_payload(b"big", data, 60000)))
+        yield loader.wait_replies(1)
+        count = 600
+        greedy.transport.pauseProducing()  # it sends and never reads
+        greedy.transport.write(wire.encode_request(7, wire.OP_GET, b"big") * count)
+        yield rig.until(lambda: rig.link.forwarded >= 1 + LocalProtocol.max_outstanding)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        # Only a bounded part of its requests was sent on; the rest waits, unread.
+        assert rig.link.forwarded <= 1 + 2 * LocalProtocol.max_outstanding
+        assert len(rig.link.in_flight) <= LocalProtocol.max_outstanding
+        # Everybody else is served meanwhile.
+        other.transport.write(have(3, b"big"))
+        replies = yield other.wait_replies(1)
+        assert replies == [wire.Message(True, 3, wire.OP_HAVE, b"\x00")]
+        greedy.transport.resumeProducing()
+        replies = yield greedy.wait_replies(count)
+        assert replies == [wire.Message(True, 7, wire.OP_GET, data)] * count
+    finally:
+        yield rig.close()
