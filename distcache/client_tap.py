@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from distcache import address
 from distcache.listening import Listener, SocketOwnership
-from distcache.proxy import LocalFactory, ServerLink, UpstreamFactory
+from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
 from distcache.server_tap import SocketOptions, positive_int
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"
@@ -55,7 +55,7 @@ class Options(SocketOptions):
 class ClientProxyService(MultiService):
     """dc_client as a service; holds only plain configuration until it starts."""
 
-    log = Logger(namespace="distcache.proxy")
+    log = Logger()
 
     def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), reactor=None):
@@ -88,7 +88,8 @@ class ClientProxyService(MultiService):
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
         retry = self.retry_ms / 1000.0
-        endpoint = address.client_endpoint(reactor, address.parse(self.server))
+        endpoint = ReportingEndpoint(
+            address.client_endpoint(reactor, address.parse(self.server)), self.link)
         ClientService(endpoint, UpstreamFactory(self.link), retryPolicy=lambda attempt: retry,
                       clock=reactor).setServiceParent(self)
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Dict, List, Optional, Set
 
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -65,7 +66,7 @@ class ServerLink:
     for the server while there is no connection.
     """
 
-    log = Logger(namespace="distcache.proxy")
+    log = Logger()
 
     def __init__(self):
         self.protocol: Optional[UpstreamProtocol] = None
@@ -73,6 +74,7 @@ class ServerLink:
         self.locals: Set[LocalProtocol] = set()
         self.paused = False
         self._next_uid = 1
+        self._unreachable_because: Optional[str] = None
         # Counters, for logs and tests.
         self.forwarded = 0
         self.answered_unreachable = 0
@@ -86,6 +88,7 @@ class ServerLink:
     # The server connection comes and goes.
     def attach(self, protocol: "UpstreamProtocol") -> None:
         self.protocol = protocol
+        self._unreachable_because = None
         self.log.info("connected to the server at {peer}", peer=protocol.transport.getPeer())
 
     def detach(self, protocol: "UpstreamProtocol", why: str) -> None:
@@ -109,6 +112,13 @@ class ServerLink:
             self.resume_locals()
         self.log.warn("lost the server connection ({why}); {n} requests in flight answered "
                       "DISCONNECTED", why=why, n=len(in_flight))
+
+    def unreachable(self, why: str) -> None:
+        """A connection attempt failed; say so once per outage and reason, not per attempt."""
+        if why != self._unreachable_because:
+            self._unreachable_because = why
+            self.log.warn("cannot reach the server ({why}); answering requests empty "
+                          "until it is back", why=why)
 
     # Requests from local clients.
     def relay(self, local: "LocalProtocol", messages: List[wire.Message]) -> None:
@@ -155,7 +165,7 @@ class ServerLink:
 class UpstreamProtocol(Protocol):
     """The connection to dc_server: replies in, routed to the local clients by uid."""
 
-    log = Logger(namespace="distcache.proxy")
+    log = Logger()
 
     def __init__(self, link: ServerLink):
         self.link = link
@@ -218,6 +228,23 @@ class UpstreamProtocol(Protocol):
         self.transport.abortConnection()
 
 
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """Wraps the server's endpoint so that failed connection attempts reach the log."""
+
+    def __init__(self, endpoint, link: ServerLink):
+        self._endpoint = endpoint
+        self._link = link
+
+    def connect(self, factory):
+        return self._endpoint.connect(factory).addErrback(self._failed)
+
+    def _failed(self, failure):
+        if not failure.check(CancelledError):
+            self._link.unreachable(failure.getErrorMessage())
+        return failure
+
+
 class UpstreamFactory(Factory):
     """Builds the server connection for the reconnecting client."""
 
@@ -236,7 +263,7 @@ class UpstreamFactory(Factory):
 class LocalProtocol(Protocol):
     """One local client: requests out to the server link, replies back in request order."""
 
-    log = Logger(namespace="distcache.proxy")
+    log = Logger()
     # Requests of one client sent to the server and not yet answered.  Beyond this the
     # client's requests are held back and it is not read, so a client that pipelines
     # without reading its replies cannot make the proxy buffer without bound.

@@ -231,7 +231,7 @@ class SnoopFactory(Factory):
 
     protocol = SnoopClientSide
     noisy = False
-    log = Logger(namespace="distcache.snoop")
+    log = Logger()
 
     def __init__(self, server_endpoint, clock=None, report: Optional[Callable[[str], None]] = None):
         if clock is None:

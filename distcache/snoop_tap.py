@@ -41,7 +41,7 @@ class Options(SocketOptions):
 class SnoopService(MultiService):
     """dc_snoop as a service; holds only plain configuration until it starts."""
 
-    log = Logger(namespace="distcache.snoop")
+    log = Logger()
 
     def __init__(self, listen: str, server: str, ownership: SocketOwnership = SocketOwnership(),
                  reactor=None, report=None):

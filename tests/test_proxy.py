@@ -372,3 +372,35 @@ def test_every_client_gets_its_own_replies_in_order(plans, chunk, order):
         assert [(m.uid, m.op, m.payload) for m in replies(transport)] == [
             (uid, op, b"r" + payload) for uid, op, payload in plan]
     assert not proxy.link.in_flight
+
+
+def test_failed_connection_attempts_are_logged_once_per_reason():
+    from twisted.internet import defer
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.logger import capturedLogs
+    from distcache.proxy import ReportingEndpoint
+
+    class Refusing:
+        def __init__(self):
+            self.error = ConnectionRefusedError()
+
+        def connect(self, factory):
+            return defer.fail(self.error)
+
+    link = ServerLink()
+    refusing = Refusing()
+    endpoint = ReportingEndpoint(refusing, link)
+    with capturedLogs() as events:
+        for _ in range(3):
+            endpoint.connect(None).addErrback(lambda f: None)
+        refusing.error = defer.CancelledError()   # service stopping: not an outage
+        endpoint.connect(None).addErrback(lambda f: None)
+    warnings = [e for e in events if e.get("log_namespace", "").startswith("distcache.proxy")]
+    assert len(warnings) == 1 and "refused" in warnings[0]["why"]
+    proxy = Proxy()
+    proxy.link = link
+    with capturedLogs() as events:
+        UpstreamFactory(link).buildProtocol(None).makeConnection(StringTransport())
+        refusing.error = ConnectionRefusedError()
+        endpoint.connect(None).addErrback(lambda f: None)   # a new outage is reported again
+    assert sum("why" in e for e in events) == 1
