@@ -29,6 +29,19 @@ def session_id_text(session_id: bytes) -> str:
     return f"0x{shown.hex()}{more}" if shown else '""'
 
 
+def address_text(addr) -> str:
+    """A peer address as an operator would write it."""
+    host = getattr(addr, "host", None)
+    if host is not None:
+        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+    name = getattr(addr, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if name is not None:
+        return f"UNIX:{name}"
+    return "UNIX (unnamed)" if type(addr).__name__ == "UNIXAddress" else str(addr)
+
+
 def _size(n: int) -> str:
     return "1 byte" if n == 1 else f"{n} bytes"
 
@@ -78,6 +91,7 @@ class StreamAnalyser:
         self.bytes = 0
         self.messages = 0
         self.failed: Optional[str] = None
+        self.broken = False  # the analysis itself failed: only count from then on
         self._decoder = wire.Decoder(expect=direction == TO_CLIENT)
         self._describe = describe_response if direction == TO_CLIENT else describe_request
 
@@ -126,9 +140,15 @@ class Pair:
         self._report(f"pair {self.number} {text}")
 
     def analyse(self, analyser: StreamAnalyser, data: bytes) -> None:
+        if analyser.broken:
+            analyser.bytes += len(data)
+            return
+        counted = analyser.bytes
         try:
             lines = analyser.feed(data)
         except Exception as e:  # analysis must never stop the forwarding
+            analyser.bytes = counted + len(data)
+            analyser.broken = True
             analyser.failed = f"analyser error {e!r}"
             lines = [f"{analyser.direction} analysis stopped: {e!r}"]
         for line in lines:
@@ -195,8 +215,8 @@ class SnoopClientSide(Protocol):
             server.transport.loseConnection()
             return
         pair.server = server
-        pair.say(f"open: client {self.transport.getPeer()} <-> server "
-                 f"{server.transport.getPeer()}")
+        pair.say(f"open: client {address_text(self.transport.getPeer())} <-> server "
+                 f"{address_text(server.transport.getPeer())}")
         # Each side stops reading while the other cannot take more.
         server.transport.registerProducer(self.transport, True)
         self.transport.registerProducer(server.transport, True)
