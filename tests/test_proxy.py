@@ -404,3 +404,21 @@ def test_failed_connection_attempts_are_logged_once_per_reason():
         refusing.error = ConnectionRefusedError()
         endpoint.connect(None).addErrback(lambda f: None)   # a new outage is reported again
     assert sum("why" in e for e in events) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(garbage=st.lists(st.binary(min_size=1, max_size=60), min_size=1, max_size=6))
+def test_random_local_input_never_disturbs_the_others(garbage):
+    proxy = Proxy()
+    proxy.connect_upstream()
+    noisy, noisy_transport = proxy.local()
+    good, good_transport = proxy.local()
+    for chunk in garbage:
+        noisy.dataReceived(chunk)
+        good.dataReceived(wire.encode_request(5, wire.OP_HAVE, b"x"))
+    for m in proxy.server_requests():
+        proxy.answer([m])
+    assert [m.uid for m in replies(good_transport)] == [5] * len(garbage)
+    assert not good_transport.disconnecting and not proxy.up_transport.disconnecting
+    # Whatever the noise decoded to was answered; the rest closed that connection.
+    wire.Decoder(expect=True).feed(noisy_transport.value())
