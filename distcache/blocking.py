@@ -89,7 +89,7 @@ class SessionCache:
         self._family, self._sockaddr = socket_target(where)
         self._sock: Optional[socket.socket] = None
         self._pid = os.getpid()
-        self.reconnects = 0
+        self.connections = 0  # connections made so far, in this process and its parent
         if mode & Mode.PERSISTENT and not mode & Mode.PERSISTENT_LATE:
             self._sock = self._connect()
 
@@ -142,6 +142,7 @@ class SessionCache:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             raise CacheUnreachable(f"cannot connect to {self.where}: {e}") from e
+        self.connections += 1
         return sock
 
     def _drop(self) -> None:
@@ -159,7 +160,6 @@ class SessionCache:
                 self._drop()
         if self._sock is None:
             self._sock = self._connect()
-            self.reconnects += 1
         return self._sock
 
     def _transact(self, op: int, payload: bytes) -> bytes:
