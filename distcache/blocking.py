@@ -24,6 +24,7 @@ import enum
 import itertools
 import os
 import socket
+import time
 from typing import Optional
 
 from distcache import address, wire
@@ -75,7 +76,8 @@ def socket_target(where: str):
 class SessionCache:
     """A blocking distcache client.
 
-    ``timeout`` (seconds) bounds connecting and each wait for a reply.  Every failure
+    ``timeout`` (seconds) bounds connecting, and each operation from its send to the
+    last byte of its reply.  Every failure
     is a :class:`CacheError` (:class:`CacheUnreachable` when no connection can be made).
     """
 
@@ -189,7 +191,9 @@ class SessionCache:
 
 
 def _exchange(sock: socket.socket, request: bytes, uid: int, op: int) -> bytes:
-    """Send one request and read its reply payload."""
+    """Send one request and read its reply payload, all within the socket's timeout."""
+    limit = sock.gettimeout()
+    deadline = time.monotonic() + limit
     try:
         sock.sendall(request)
     except socket.timeout:
@@ -197,29 +201,37 @@ def _exchange(sock: socket.socket, request: bytes, uid: int, op: int) -> bytes:
     except OSError as e:
         raise CacheConnectionLost(f"sending the request failed: {e}") from e
     decoder = wire.Decoder(expect=True)
-    while True:
-        try:
-            data = sock.recv(_RECV_SIZE)
-        except socket.timeout:
-            raise CacheTimeout(f"no reply within {sock.gettimeout()} s")
-        except OSError as e:
-            raise CacheConnectionLost(f"reading the reply failed: {e}") from e
-        if not data:
-            raise CacheConnectionLost(
-                "the cache closed the connection" +
-                (" in the middle of a reply" if decoder.buffered else " before replying"))
-        try:
-            messages = decoder.feed(data)
-        except wire.ProtocolError as e:
-            raise MalformedReply(f"malformed reply: {e}") from e
-        if not messages:
-            continue
-        reply = messages[0]
-        if reply.uid != uid or reply.op != op:
-            raise UnexpectedReply(
-                f"{wire.OP_NAMES[reply.op]} reply with uid {reply.uid} to a "
-                f"{wire.OP_NAMES[op]} request with uid {uid}")
-        if len(messages) > 1 or not decoder.idle:
-            raise UnexpectedReply("the cache sent more than one reply to one request")
-        return reply.payload
-
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except socket.timeout:
+                raise CacheTimeout(f"no complete reply within {limit} s")
+            except OSError as e:
+                raise CacheConnectionLost(f"reading the reply failed: {e}") from e
+            if not data:
+                raise CacheConnectionLost(
+                    "the cache closed the connection" +
+                    (" in the middle of a reply" if decoder.buffered else " before replying"))
+            try:
+                messages = decoder.feed(data)
+            except wire.ProtocolError as e:
+                raise MalformedReply(f"malformed reply: {e}") from e
+            if messages:
+                break
+    except socket.timeout:
+        raise CacheTimeout(f"no complete reply within {limit} s")
+    finally:
+        sock.settimeout(limit)
+    reply = messages[0]
+    if reply.uid != uid or reply.op != op:
+        raise UnexpectedReply(
+            f"{wire.OP_NAMES[reply.op]} reply with uid {reply.uid} to a "
+            f"{wire.OP_NAMES[op]} request with uid {uid}")
+    if len(messages) > 1 or not decoder.idle:
+        raise UnexpectedReply("the cache sent more than one reply to one request")
+    return reply.payload

@@ -88,6 +88,15 @@ class SendThenClose(bytes):
     """Bytes after which the fake hangs up."""
 
 
+class Trickle(bytes):
+    """Bytes the fake sends one at a time, ``pause`` seconds apart."""
+
+    def __new__(cls, data: bytes, pause: float):
+        self = super().__new__(cls, data)
+        self.pause = pause
+        return self
+
+
 class FakeCache:
     """A threaded distcache server on a unix socket whose answers a test chooses.
 
@@ -166,7 +175,11 @@ class FakeCache:
                         reply = self.answer(message, self.store, number)
                     if reply is None:
                         return
-                    if reply:
+                    if isinstance(reply, Trickle):
+                        for i in range(len(reply)):
+                            conn.sendall(reply[i:i + 1])
+                            time.sleep(reply.pause)
+                    elif reply:
                         conn.sendall(reply)
                     if isinstance(reply, SendThenClose):
                         return

@@ -233,3 +233,19 @@ def test_without_pidcheck_a_forked_child_shares_the_parents_connection(sockdir):
         assert fake.connections == 1
         assert cache.has(b"parent")
         cache.close()
+
+
+def test_a_reply_trickling_in_byte_by_byte_cannot_outlast_the_timeout(sockdir):
+    """The timeout bounds the whole reply, not each read."""
+    import time as clock
+
+    def trickle(message, store, number):
+        reply = FakeCache.correct(message, store, number)
+        return cache_support.Trickle(reply, 0.05)
+
+    with FakeCache(os.path.join(sockdir, "fake"), trickle) as fake:
+        cache = SessionCache(fake.address, Mode.PERSISTENT, timeout=0.3)
+        started = clock.monotonic()
+        with pytest.raises(CacheTimeout):
+            cache.add(b"session", b"data" * 10, 60000)  # 15 bytes at 20 a second
+        assert clock.monotonic() - started < 0.6
