@@ -84,6 +84,34 @@ class DcServerProcess:
         self.start()
 
 
+class DcClientProcess:
+    """``dc_client`` in a child process: a local unix socket in front of ``server``."""
+
+    def __init__(self, path: str, server: str, retry_ms: int = 200):
+        self.path = path
+        self.server = server
+        self.retry_ms = retry_ms
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"UNIX:{self.path}"
+
+    def start(self) -> "DcClientProcess":
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from distcache.cflags import dc_client; dc_client()",
+             "-listen", self.address, "-server", self.server, "-retry", str(self.retry_ms)],
+            env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_connectable(socket.AF_UNIX, self.path)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
 class SendThenClose(bytes):
     """Bytes after which the fake hangs up."""
 

@@ -7,13 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from distcache import loadtest
 
 import cache_support
-from cache_support import DcServerProcess, FakeCache, repo_env, short_socket_dir
+from cache_support import (DcClientProcess, DcServerProcess, FakeCache, repo_env,
+                           short_socket_dir)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,36 @@ def test_passes_against_dc_server_on_tcp(server):
                                "--ops", "1000")
     assert status == 0, err
     assert_figures(out)
+
+
+@pytest.mark.parametrize("extra", [[], ["-persistent"]], ids=["per-op", "persistent"])
+def test_passes_through_dc_client(server, sockdir, extra):
+    proxy = DcClientProcess(os.path.join(sockdir, "local"), server.address).start()
+    try:
+        deadline = 50
+        while True:  # dc_client answers empty replies until its server link is up
+            status, out, err = dc_test("-connect", proxy.address, "-ops", "1", *extra)
+            if status == 0 or deadline == 0:
+                break
+            deadline -= 1
+            time.sleep(0.1)
+        status, out, err = dc_test("-connect", proxy.address, "-sessions", "12", "-ops", "1500",
+                                   *extra)
+        assert status == 0, err
+        assert "Info, all tests complete" in out
+        assert_figures(out)
+    finally:
+        proxy.stop()
+
+
+def test_fails_clearly_through_a_dc_client_whose_server_is_away(sockdir):
+    proxy = DcClientProcess(os.path.join(sockdir, "local"), f"UNIX:{sockdir}/nobody").start()
+    try:
+        status, out, err = dc_test("-connect", proxy.address, "-ops", "100")
+    finally:
+        proxy.stop()
+    assert status == 1
+    assert "Error, transaction failure" in err and "unreachable" in err
 
 
 def test_passes_while_sessions_expire_mid_run(server):
