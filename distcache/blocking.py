@@ -77,7 +77,7 @@ class SessionCache:
     """A blocking distcache client.
 
     ``timeout`` (seconds) bounds connecting, and each operation from its send to the
-    last byte of its reply.  Every failure
+    last byte of its reply.  One call at a time: give each thread its own client.  Every failure
     is a :class:`CacheError` (:class:`CacheUnreachable` when no connection can be made).
     """
 

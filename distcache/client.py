@@ -41,6 +41,8 @@ class CacheClientProtocol(Protocol):
     ``add`` fires with True only when the server stored the session (result 0x00);
     ``add_status`` fires with the result byte itself.  ``get`` fires with the data or
     None, ``remove`` and ``has`` with True or False.  Failures are :class:`CacheError`.
+    A call may be cancelled (``d.addTimeout(...)`` does so): its late reply is dropped
+    and the connection carries on.
     """
 
     log = Logger(namespace="distcache.client")
@@ -104,10 +106,16 @@ class CacheClientProtocol(Protocol):
             return defer.fail(CacheConnectionLost("not connected"))
         uid = self._next_uid
         self._next_uid = (uid + 1) & _UID_MASK
-        d = defer.Deferred()
+        d = defer.Deferred(lambda _: self._forget(uid))
         self._pending[uid] = (op, d)
         self.transport.write(wire.encode_request(uid, op, payload))
         return d
+
+    def _forget(self, uid: int) -> None:
+        """A cancelled call: its reply will still come, and is then dropped."""
+        pending = self._pending.get(uid)
+        if pending is not None:
+            self._pending[uid] = (pending[0], None)
 
     # Protocol -----------------------------------------------------------
 
@@ -133,6 +141,9 @@ class CacheClientProtocol(Protocol):
                     f"reply with uid {message.uid}, which no request carries"))
                 return
             op, d = pending
+            if d is None:
+                d = defer.Deferred()  # cancelled: check the reply, then drop it
+                d.addErrback(lambda _: None)
             if message.op != op:
                 self._abandon(UnexpectedReply(
                     f"{wire.OP_NAMES[message.op]} reply to a {wire.OP_NAMES[op]} request "
@@ -158,7 +169,8 @@ class CacheClientProtocol(Protocol):
         self._lost = error
         pending, self._pending = self._pending, OrderedDict()
         for _op, d in pending.values():
-            d.errback(Failure(error))
+            if d is not None:
+                d.errback(Failure(error))
 
     def connectionLost(self, reason=None) -> None:
         self.connected = False

@@ -215,3 +215,32 @@ def test_bad_arguments_fail_before_anything_is_sent():
     failure_of(protocol.add(b"id", b"d", wire.MAX_TIMEOUT_MS + 1), ValueError)
     failure_of(protocol.add(b"id", b"d" * wire.MESSAGE_MAX, 10), ValueError)
     assert transport.value() == b""
+
+
+def test_a_cancelled_call_drops_its_late_reply_and_the_connection_carries_on():
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+    clock = Clock()
+    protocol, transport = connected()
+    slow = protocol.get(b"slow").addTimeout(1.0, clock)
+    following = protocol.has(b"next")
+    first, second = requests(transport)
+    clock.advance(1.5)
+    failure_of(slow, defer.TimeoutError)
+    protocol.dataReceived(wire.encode_response(first.uid, wire.OP_GET, b"late data"))
+    protocol.dataReceived(wire.encode_response(second.uid, wire.OP_HAVE, b"\x00"))
+    assert result(following) is True
+    assert protocol.outstanding == 0 and not transport.disconnecting
+    later = protocol.get(b"again")
+    (message,) = requests(transport)
+    protocol.dataReceived(wire.encode_response(message.uid, wire.OP_GET, b"\x01"))
+    assert result(later) is None
+
+
+def test_a_cancelled_call_is_not_failed_again_when_the_connection_drops():
+    protocol, transport = connected()
+    d = protocol.get(b"x")
+    d.cancel()
+    failure = result(d)
+    assert isinstance(failure, Failure)
+    protocol.connectionLost(Failure(ConnectionDone("gone")))  # must not raise AlreadyCalled
