@@ -21,7 +21,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distcache.blocking import Mode, SessionCache  # noqa: E402
+from distcache.blocking import SessionCache  # noqa: E402
 from distcache.replies import CacheError  # noqa: E402
 
 TWISTD = "from twisted.scripts.twistd import run; run()"

@@ -77,8 +77,9 @@ class SessionCache:
     """A blocking distcache client.
 
     ``timeout`` (seconds) bounds connecting, and each operation from its send to the
-    last byte of its reply.  One call at a time: give each thread its own client.  Every failure
-    is a :class:`CacheError` (:class:`CacheUnreachable` when no connection can be made).
+    last byte of its reply.  Every failure is a :class:`CacheError`
+    (:class:`CacheUnreachable` when no connection can be made).  One call at a time:
+    give each thread its own client.
     """
 
     def __init__(self, where: str, mode: Mode = Mode.PER_OPERATION, timeout: float = 10.0):
