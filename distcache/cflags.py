@@ -63,3 +63,11 @@ def run(plugin: str, argv: Optional[Sequence[str]] = None) -> None:
 
 def dc_server() -> None:
     run("dc_server")
+
+
+def dc_client() -> None:
+    run("dc_client")
+
+
+def dc_snoop() -> None:
+    run("dc_snoop")

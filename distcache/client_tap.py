@@ -1,0 +1,111 @@
+"""``twistd dc_client``: options and the service tree of the local proxy."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from distcache import address
+from distcache.listening import Listener, SocketOwnership
+from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
+from distcache.server_tap import SocketOptions, positive_int
+
+DEFAULT_LISTEN = "UNIX:/tmp/scache"
+
+
+def checked_address(option: str, text: str) -> str:
+    try:
+        address.parse(text)
+    except address.AddressError as e:
+        raise usage.UsageError(f"--{option}: {e}")
+    return text
+
+
+class Options(SocketOptions):
+    synopsis = "--server ADDR [--listen ADDR] [--retry MS] [--idle MS]"
+    longdesc = ("The distcache client proxy: local clients share one persistent connection "
+                "to dc_server.  ADDR is UNIX:/path, IP:host:port, IP:port, IPv6:[host]:port "
+                "or a Twisted endpoint string (unix:, tcp:, tcp6:, ssl:, tls:, systemd:).")
+
+    optParameters = [
+        ["listen", None, DEFAULT_LISTEN, "Address local clients connect to."],
+        ["server", None, None, "Address of dc_server (required)."],
+        ["retry", None, "5000", "Milliseconds between attempts to reach the server."],
+        ["idle", None, "0", "Close local connections idle this many milliseconds (0: never)."],
+    ]
+
+    def opt_connect(self, addr: str) -> None:
+        """Same as --server."""
+        self["server"] = addr
+
+    def postOptions(self) -> None:
+        if not self["server"]:
+            raise usage.UsageError("--server ADDR is required")
+        checked_address("server", self["server"])
+        checked_address("listen", self["listen"])
+        self["retry"] = positive_int("retry", self["retry"])
+        self["idle"] = positive_int("idle", self["idle"], minimum=0)
+        self["ownership"] = self.ownership()
+
+
+class ClientProxyService(MultiService):
+    """dc_client as a service; holds only plain configuration until it starts."""
+
+    log = Logger()
+
+    def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
+                 ownership: SocketOwnership = SocketOwnership(), reactor=None):
+        super().__init__()
+        self.listen = listen
+        self.server = server
+        self.retry_ms = retry_ms
+        self.idle_ms = idle_ms
+        self.ownership = ownership
+        self._reactor = reactor
+        self.link: Optional[ServerLink] = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_reactor", None)
+        state["link"] = None
+        state["services"] = []
+        state["namedServices"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reactor = None
+
+    def _build(self) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self.link = ServerLink()
+        local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
+        Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
+        retry = self.retry_ms / 1000.0
+        endpoint = ReportingEndpoint(
+            address.client_endpoint(reactor, address.parse(self.server)), self.link)
+        ClientService(endpoint, UpstreamFactory(self.link), retryPolicy=lambda attempt: retry,
+                      clock=reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        if self.link is None:
+            self._build()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.link is None:
+            self._build()
+        super().startService()
+        self.log.info("dc_client started: {listen} -> {server}, retry every {retry} ms",
+                      listen=self.listen, server=self.server, retry=self.retry_ms)
+
+
+def makeService(options) -> ClientProxyService:
+    return ClientProxyService(options["listen"], options["server"], options["retry"],
+                              options["idle"], options["ownership"])

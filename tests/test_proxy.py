@@ -1,0 +1,424 @@
+"""dc_client's multiplexing, tested on in-memory transports and a fake clock."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
+
+from distcache import wire
+from distcache.proxy import LocalFactory, LocalProtocol, ServerLink, UpstreamFactory, UID_MASK
+
+from proxy_support import multiframe_add, requests_and_replies
+
+
+class Proxy:
+    """A dc_client with in-memory transports: any number of local clients, one upstream."""
+
+    def __init__(self, idle: float = 0.0):
+        self.clock = task.Clock()
+        self.link = ServerLink()
+        self.factory = LocalFactory(self.link, clock=self.clock, idle=idle)
+        self.upstream = None
+        self.up_transport = None
+        self._server_decoder = None
+
+    def local(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def connect_upstream(self):
+        self.upstream = UpstreamFactory(self.link).buildProtocol(None)
+        self.up_transport = StringTransport()
+        self.upstream.makeConnection(self.up_transport)
+        self._server_decoder = wire.Decoder(expect=False)
+
+    def lose_upstream(self):
+        self.upstream.connectionLost(Failure(ConnectionDone()))
+
+    def server_requests(self):
+        """The requests the server has received since the last call."""
+        data = self.up_transport.value()
+        self.up_transport.clear()
+        return self._server_decoder.feed(data)
+
+    def answer(self, requests, payload_of=lambda m: b"\x00"):
+        self.upstream.dataReceived(b"".join(
+            wire.encode_response(m.uid, m.op, payload_of(m)) for m in requests))
+
+
+def replies(transport):
+    return wire.Decoder(expect=True).feed(transport.value())
+
+
+def gone(proto):
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_server_down_answers_like_the_c_client():
+    requests, expected = requests_and_replies("distcache-c-client-server-down.log")
+    proxy = Proxy()
+    proto, transport = proxy.local()
+    for request, reply in zip(requests, expected):
+        transport.clear()
+        proto.dataReceived(request)
+        assert transport.value() == reply
+    assert proxy.link.answered_unreachable == len(requests)
+
+
+def test_golden_replies_pass_through_with_local_uids_restored():
+    requests, expected = requests_and_replies("distcache-c-golden.log")
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    for request, reply in zip(requests, expected):
+        transport.clear()
+        proto.dataReceived(request)
+        (forwarded,) = proxy.server_requests()
+        local = wire.Decoder().feed(request)[0]
+        assert forwarded.op == local.op and forwarded.payload == local.payload
+        server_reply = wire.Decoder(expect=True).feed(reply)[0]
+        proxy.upstream.dataReceived(
+            wire.encode_response(forwarded.uid, forwarded.op, server_reply.payload))
+        assert transport.value() == reply
+
+
+def test_each_request_gets_a_fresh_upstream_uid():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    a, ta = proxy.local()
+    b, tb = proxy.local()
+    a.dataReceived(wire.encode_request(7, wire.OP_HAVE, b"x") * 2)
+    b.dataReceived(wire.encode_request(7, wire.OP_GET, b"y"))
+    forwarded = proxy.server_requests()
+    assert len({m.uid for m in forwarded}) == 3
+    proxy.answer(forwarded, lambda m: m.payload * 2)
+    assert [(m.uid, m.op, m.payload) for m in replies(ta)] == [(7, wire.OP_HAVE, b"xx")] * 2
+    assert [(m.uid, m.op, m.payload) for m in replies(tb)] == [(7, wire.OP_GET, b"yy")]
+
+
+def test_replies_keep_the_local_order_whatever_the_upstream_order():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    proto.dataReceived(b"".join(wire.encode_request(uid, wire.OP_GET, b"%d" % uid)
+                                for uid in (10, 11, 12)))
+    first, second, third = proxy.server_requests()
+    proxy.answer([third, second], lambda m: m.payload)
+    assert transport.value() == b""
+    proxy.answer([first], lambda m: m.payload)
+    assert [(m.uid, m.payload) for m in replies(transport)] == [
+        (10, b"10"), (11, b"11"), (12, b"12")]
+
+
+def test_a_multiframe_add_is_reframed_unchanged_apart_from_the_uid():
+    vector = multiframe_add()
+    (message,) = wire.Decoder().feed(vector)
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, _ = proxy.local()
+    for i in range(0, len(vector), 1000):
+        proto.dataReceived(vector[i:i + 1000])
+    data = proxy.up_transport.value()
+    (forwarded,) = wire.Decoder().feed(data)
+    assert data == wire.encode_request(forwarded.uid, message.op, message.payload)
+    assert len(wire.split_frames(data)) == 3
+
+
+def test_in_flight_requests_get_disconnected_then_empty_replies_while_down():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    proto.dataReceived(wire.encode_request(1, wire.OP_ADD, b"a" * 20)
+                       + wire.encode_request(2, wire.OP_GET, b"id"))
+    proxy.lose_upstream()
+    assert transport.value() == (wire.encode_response(1, wire.OP_ADD, b"\x02")
+                                 + wire.encode_response(2, wire.OP_GET, b"\x02"))
+    transport.clear()
+    proto.dataReceived(wire.encode_request(3, wire.OP_HAVE, b"id"))
+    assert transport.value() == wire.encode_response(3, wire.OP_HAVE, b"")
+    assert proxy.link.answered_disconnected == 2
+    # The server is back: requests go upstream again.
+    proxy.connect_upstream()
+    transport.clear()
+    proto.dataReceived(wire.encode_request(4, wire.OP_HAVE, b"id"))
+    proxy.answer(proxy.server_requests(), lambda m: b"\x01")
+    assert transport.value() == wire.encode_response(4, wire.OP_HAVE, b"\x01")
+
+
+def test_a_client_hanging_up_mid_request_costs_nothing():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    leaver, leaver_transport = proxy.local()
+    stayer, stayer_transport = proxy.local()
+    leaver.dataReceived(wire.encode_request(1, wire.OP_GET, b"a"))
+    stayer.dataReceived(wire.encode_request(2, wire.OP_GET, b"b"))
+    gone(leaver)
+    leaver_transport.clear()
+    proxy.answer(proxy.server_requests(), lambda m: m.payload)
+    assert leaver_transport.value() == b""
+    assert stayer_transport.value() == wire.encode_response(2, wire.OP_GET, b"b")
+    assert proxy.link.dropped_replies == 1
+    assert not proxy.link.in_flight
+    assert not proxy.up_transport.disconnecting
+
+
+def test_malformed_local_input_closes_that_client_only():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    bad, bad_transport = proxy.local()
+    good, good_transport = proxy.local()
+    # A valid request, then garbage: the request is still answered, then the close.
+    bad.dataReceived(wire.encode_request(5, wire.OP_HAVE, b"x") + b"\x00\x12garbage-bytes")
+    good.dataReceived(wire.encode_request(6, wire.OP_HAVE, b"y"))
+    assert not bad_transport.disconnecting
+    assert bad_transport.producerState == "paused"
+    proxy.answer(proxy.server_requests())
+    assert replies(bad_transport) == [wire.Message(True, 5, wire.OP_HAVE, b"\x00")]
+    assert bad_transport.disconnecting
+    assert not good_transport.disconnecting
+    assert not proxy.up_transport.disconnecting
+    good.dataReceived(wire.encode_request(7, wire.OP_HAVE, b"y"))
+    proxy.answer(proxy.server_requests())
+    assert [m.uid for m in replies(good_transport)] == [6, 7]
+
+
+def test_a_response_from_a_local_client_is_malformed():
+    proxy = Proxy()
+    proto, transport = proxy.local()
+    proto.dataReceived(wire.encode_response(1, wire.OP_GET, b"x"))
+    assert transport.disconnecting and transport.value() == b""
+
+
+def test_a_malformed_upstream_reply_drops_the_server_connection():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a")
+                       + wire.encode_request(2, wire.OP_GET, b"b"))
+    first, _second = proxy.server_requests()
+    proxy.upstream.dataReceived(wire.encode_response(first.uid, first.op, b"A")
+                                + wire.encode_response(999, wire.OP_GET, b"?"))
+    assert proxy.up_transport.disconnecting
+    assert not proxy.link.connected
+    assert replies(transport) == [wire.Message(True, 1, wire.OP_GET, b"A"),
+                                  wire.Message(True, 2, wire.OP_GET, b"\x02")]
+    proxy.lose_upstream()  # the real connectionLost that follows changes nothing
+    assert proxy.link.answered_disconnected == 1
+    assert not transport.disconnecting
+
+
+def test_garbage_from_the_server_drops_the_server_connection():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a"))
+    proxy.upstream.dataReceived(b"\x00\x99\x00\x00" + b"\x00" * 10)
+    assert proxy.up_transport.disconnecting
+    assert replies(transport) == [wire.Message(True, 1, wire.OP_GET, b"\x02")]
+
+
+def test_upstream_uids_wrap_and_skip_those_in_flight():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, _ = proxy.local()
+    proxy.link._next_uid = UID_MASK
+    proto.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"a"))   # takes 0xffffffff
+    proxy.link._next_uid = UID_MASK
+    proto.dataReceived(wire.encode_request(2, wire.OP_HAVE, b"b") * 2)
+    assert [m.uid for m in proxy.server_requests()] == [UID_MASK, 0, 1]
+
+
+def test_idle_local_connections_are_closed_on_the_clock():
+    proxy = Proxy(idle=1.0)
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    proxy.clock.advance(0.6)
+    proto.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"a"))
+    proxy.clock.advance(0.6)
+    assert not transport.disconnecting
+    # Outstanding requests keep it open however long the server takes.
+    proxy.clock.advance(5)
+    assert not transport.disconnecting
+    proxy.answer(proxy.server_requests())
+    proxy.clock.advance(0.9)
+    assert not transport.disconnecting
+    proxy.clock.advance(0.2)
+    assert transport.disconnecting
+
+
+def test_no_idle_limit_schedules_nothing():
+    proxy = Proxy()
+    proxy.local()
+    assert proxy.clock.getDelayedCalls() == []
+
+
+def test_a_closed_connection_cancels_its_idle_timer():
+    proxy = Proxy(idle=1.0)
+    proto, _ = proxy.local()
+    gone(proto)
+    assert proxy.clock.getDelayedCalls() == []
+
+
+def test_a_client_not_reading_stops_being_read():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    assert transport.producer is proto and transport.streaming
+    proto.pauseProducing()           # its send buffer is full
+    assert transport.producerState == "paused"
+    proto.resumeProducing()
+    assert transport.producerState == "producing"
+
+
+def test_a_client_pipelining_too_far_ahead_is_held_back_and_paused():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(b"".join(wire.encode_request(uid, wire.OP_HAVE, b"a")
+                                for uid in range(limit * 3)))
+    assert transport.producerState == "paused"
+    for batch in range(3):
+        requests = proxy.server_requests()
+        assert len(requests) == limit
+        assert len(proxy.link.in_flight) == limit
+        proxy.answer(requests)
+    assert proxy.server_requests() == []
+    assert transport.producerState == "producing"
+    assert [m.uid for m in replies(transport)] == list(range(limit * 3))
+
+
+def test_held_requests_wait_while_the_client_is_not_reading():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a") * (limit + 5))
+    proto.pauseProducing()  # its send buffer filled up
+    proxy.answer(proxy.server_requests(), lambda m: b"x" * 1000)
+    assert proxy.server_requests() == []
+    proto.resumeProducing()
+    assert len(proxy.server_requests()) == 5
+
+
+def test_held_requests_are_answered_empty_when_the_server_goes_away():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(b"".join(wire.encode_request(uid, wire.OP_HAVE, b"a")
+                                for uid in range(limit + 3)))
+    proxy.lose_upstream()
+    got = replies(transport)
+    assert [m.payload for m in got] == [b"\x02"] * limit + [b""] * 3
+    assert [m.uid for m in got] == list(range(limit + 3))
+    assert transport.producerState == "producing"
+
+
+def test_malformed_input_behind_held_requests_closes_after_all_are_answered():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    proto, transport = proxy.local()
+    limit = LocalProtocol.max_outstanding
+    proto.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"a") * (limit + 1) + b"\xff" * 14)
+    proxy.answer(proxy.server_requests())
+    assert not transport.disconnecting
+    proxy.answer(proxy.server_requests())
+    assert transport.disconnecting
+    assert len(replies(transport)) == limit + 1
+
+
+def test_a_slow_server_pauses_every_local_client():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    a, ta = proxy.local()
+    proxy.upstream.pauseProducing()
+    b, tb = proxy.local()
+    assert ta.producerState == tb.producerState == "paused"
+    proxy.upstream.resumeProducing()
+    assert ta.producerState == tb.producerState == "producing"
+    proxy.upstream.pauseProducing()
+    proxy.lose_upstream()
+    assert ta.producerState == tb.producerState == "producing"
+
+
+request_st = st.tuples(st.integers(0, UID_MASK), st.sampled_from([1, 2, 3]),
+                       st.binary(max_size=80))
+
+
+@settings(max_examples=60, deadline=None)
+@given(plans=st.lists(st.lists(request_st, min_size=1, max_size=8), min_size=1, max_size=5),
+       chunk=st.integers(1, 64), order=st.randoms(use_true_random=False))
+def test_every_client_gets_its_own_replies_in_order(plans, chunk, order):
+    """Any mix of clients, request splits and server reply orders routes replies right."""
+    proxy = Proxy()
+    proxy.connect_upstream()
+    clients = [proxy.local() for _ in plans]
+    for (proto, _), plan in zip(clients, plans):
+        stream = b"".join(wire.encode_request(uid, op, payload) for uid, op, payload in plan)
+        for i in range(0, len(stream), chunk):
+            proto.dataReceived(stream[i:i + chunk])
+    forwarded = proxy.server_requests()
+    assert len({m.uid for m in forwarded}) == sum(map(len, plans))
+    order.shuffle(forwarded)
+    for m in forwarded:
+        proxy.answer([m], lambda m: b"r" + m.payload)
+    for (_, transport), plan in zip(clients, plans):
+        assert [(m.uid, m.op, m.payload) for m in replies(transport)] == [
+            (uid, op, b"r" + payload) for uid, op, payload in plan]
+    assert not proxy.link.in_flight
+
+
+def test_failed_connection_attempts_are_logged_once_per_reason():
+    from twisted.internet import defer
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.logger import capturedLogs
+    from distcache.proxy import ReportingEndpoint
+
+    class Refusing:
+        def __init__(self):
+            self.error = ConnectionRefusedError()
+
+        def connect(self, factory):
+            return defer.fail(self.error)
+
+    link = ServerLink()
+    refusing = Refusing()
+    endpoint = ReportingEndpoint(refusing, link)
+    with capturedLogs() as events:
+        for _ in range(3):
+            endpoint.connect(None).addErrback(lambda f: None)
+        refusing.error = defer.CancelledError()   # service stopping: not an outage
+        endpoint.connect(None).addErrback(lambda f: None)
+    warnings = [e for e in events if e.get("log_namespace", "").startswith("distcache.proxy")]
+    assert len(warnings) == 1 and "refused" in warnings[0]["why"]
+    proxy = Proxy()
+    proxy.link = link
+    with capturedLogs() as events:
+        UpstreamFactory(link).buildProtocol(None).makeConnection(StringTransport())
+        refusing.error = ConnectionRefusedError()
+        endpoint.connect(None).addErrback(lambda f: None)   # a new outage is reported again
+    assert sum("why" in e for e in events) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(garbage=st.lists(st.binary(min_size=1, max_size=60), min_size=1, max_size=6))
+def test_random_local_input_never_disturbs_the_others(garbage):
+    proxy = Proxy()
+    proxy.connect_upstream()
+    noisy, noisy_transport = proxy.local()
+    good, good_transport = proxy.local()
+    for chunk in garbage:
+        noisy.dataReceived(chunk)
+        good.dataReceived(wire.encode_request(5, wire.OP_HAVE, b"x"))
+    for m in proxy.server_requests():
+        proxy.answer([m])
+    assert [m.uid for m in replies(good_transport)] == [5] * len(garbage)
+    assert not good_transport.disconnecting and not proxy.up_transport.disconnecting
+    # Whatever the noise decoded to was answered; the rest closed that connection.
+    wire.Decoder(expect=True).feed(noisy_transport.value())
