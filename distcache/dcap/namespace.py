@@ -750,14 +750,17 @@ class SQLiteNamespace:
     def walk(self, path, subject=ROOT):
         top = self._lookup(path, subject)
         yield top
-        if top.is_dir:
-            stack = [top]
-            while stack:
-                directory = stack.pop()
-                children = self.listdir(directory.path, subject)
-                for child in children:
-                    yield child
-                stack.extend(reversed([c for c in children if c.is_dir]))
+        if not top.is_dir:
+            return
+        stack = [iter(self.listdir(top.path, subject))]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+                continue
+            yield child
+            if child.is_dir:
+                stack.append(iter(self.listdir(child.path, subject)))
 
     def _touch(self, ino, now):
         self._db.execute(
