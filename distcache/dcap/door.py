@@ -1,0 +1,477 @@
+"""The DCAP door: control connections, sessions, and the movers they start.
+
+A `DoorProtocol` speaks the control lines of `control.py` with one client;
+each request line is a session.  Namespace requests are answered at once;
+an `open` (or `opendir`) keeps its session alive until its mover has
+finished, so several sessions run side by side on one connection.  When
+the control connection ends, every mover it started is killed and any
+partial write is discarded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Dict, Optional, Tuple
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+from distcache.dcap import control
+from distcache.dcap.control import BadURL, ProtocolError, Request
+from distcache.dcap.mover import (
+    DataChannel, PassiveMoverFactory, Transfer, TransferError,
+    connect_to_client, listen_for_mover, new_challenge,
+)
+from distcache.dcap.namespace import (
+    RC_NOT_CACHED, RC_NOT_REGULAR, Access, DcapError, Subject, listing_text,
+)
+
+log = Logger()
+
+RC_INTERNAL = 5
+RC_BAD_COMMAND = 669
+RC_TIMEOUT = 112
+RC_BAD_PATH = 10015
+
+
+@dataclass
+class DoorConfig:
+    """The door's settings: plain data, so a service holding it can be pickled."""
+
+    access: Access = Access.READONLY
+    allow_truncate: bool = False
+    connect_back: bool = False
+    connect_host: Optional[str] = None
+    client_version_min: Tuple[int, ...] = ()
+    client_version_max: Tuple[int, ...] = ()
+
+
+def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """`min[:max]` with dotted versions (e.g. `2.47:2.47.99`) as tuples."""
+    low, _, high = text.partition(":")
+
+    def version(part: str) -> Tuple[int, ...]:
+        part = part.strip()
+        if not part:
+            return ()
+        return tuple(int(x) for x in part.split("."))
+
+    return version(low), version(high)
+
+
+@dataclass
+class Session:
+    """One live request on a control connection (an open or opendir).
+
+    `deadline` is when the open must have started moving data (absolute
+    seconds on the door's clock, None for no limit); a keep-alive pass may
+    call `DoorProtocol.expire_session` once it has passed.
+    """
+
+    sid: int
+    cid: int
+    command: str
+    path: str
+    deadline: Optional[float] = None
+    transfer: Optional[Transfer] = None
+    listener: object = None
+    started: bool = False
+    options: Dict[str, Optional[str]] = field(default_factory=dict)
+
+
+class DoorProtocol(LineOnlyReceiver):
+    """One client's control connection."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 65536
+
+    def __init__(self):
+        self.sessions: Dict[int, Session] = {}
+        self.welcomed = False
+        self.uid = -1
+        self.gid = -1
+        self.closed = False
+
+    @property
+    def config(self) -> DoorConfig:
+        return self.factory.config
+
+    def connectionMade(self):
+        self.peer = self.transport.getPeer()
+        log.info("control connection from {peer}", peer=self.peer)
+
+    # -- framing ---------------------------------------------------------
+
+    def lineLengthExceeded(self, line):
+        self._violation("line longer than %d bytes" % (self.MAX_LENGTH,))
+
+    def lineReceived(self, line: bytes):
+        if self.closed:
+            return
+        try:
+            request = control.parse_request(line)
+        except ProtocolError as e:
+            self._violation(str(e))
+            return
+        try:
+            self._dispatch(request)
+        except Exception:
+            log.failure("request {command} of session {sid} failed", command=request.command,
+                        sid=request.sid)
+            self._send(control.failed(request.sid, request.cid, RC_INTERNAL,
+                                      "internalError : request failed"))
+
+    def _violation(self, reason: str):
+        log.warn("protocol violation from {peer}: {reason}", peer=self.peer, reason=reason)
+        self.transport.write(control.protocol_violation(reason))
+        self.closed = True
+        self.transport.loseConnection()
+
+    def _send(self, line: bytes):
+        if not self.closed and self.transport is not None:
+            self.transport.write(line)
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _dispatch(self, r: Request):
+        if r.command == "hello":
+            self.do_hello(r)
+            return
+        if not self.welcomed:
+            self._violation("hello expected first")
+            return
+        handler = getattr(self, "do_" + r.command, None) if r.command.isalpha() else None
+        if handler is None:
+            self._send(control.failed(r.sid, r.cid, RC_BAD_COMMAND,
+                                      "protocolViolation : Invalid command '%s'" % (r.command,)))
+            return
+        if r.command not in ("ping", "byebye", "status") and r.sid in self.sessions:
+            self._send(control.failed(r.sid, r.cid, RC_INTERNAL,
+                                      "internalError : Duplicated session id"))
+            return
+        try:
+            handler(r)
+        except DcapError as e:
+            self._fail(r, e.rc, e.message, e.posix)
+        except BadURL as e:
+            self._fail(r, RC_BAD_PATH, "Invalid path: %s" % (e,), "EINVAL")
+
+    def _fail(self, r: Request, rc: int, message: str, posix: Optional[str] = None):
+        log.info("session {sid} {command} failed: {rc} {message}", sid=r.sid, command=r.command,
+                 rc=rc, message=message)
+        self._send(control.failed(r.sid, r.cid, rc, message, posix))
+
+    def subject(self, r: Request) -> Subject:
+        uid = r.int_option("uid", self.uid)
+        gid = r.int_option("gid", self.gid)
+        return Subject(uid, gid, self.config.access)
+
+    def path(self, r: Request, index: int = 0) -> str:
+        if len(r.args) <= index:
+            raise BadURL("missing path")
+        return control.decode_url(r.args[index])
+
+    # -- hello, ping, bye ------------------------------------------------
+
+    def do_hello(self, r: Request):
+        args = r.args
+        major = args[2] if len(args) > 2 else "0"
+        minor = args[3] if len(args) > 3 else "0"
+        try:
+            version = tuple(int(x) for x in args[2:5])
+        except ValueError:
+            version = ()
+        cfg = self.config
+        if (cfg.client_version_min and version < cfg.client_version_min) or \
+                (cfg.client_version_max and version[:len(cfg.client_version_max)] > cfg.client_version_max):
+            log.warn("client version {version} from {peer} refused", version=".".join(args[2:5]),
+                     peer=self.peer)
+            self.closed = True
+            self.transport.loseConnection()
+            return
+        self.uid = r.int_option("uid", -1)
+        self.gid = r.int_option("gid", -1)
+        self.welcomed = True
+        self._send(control.welcome(major, minor))
+
+    def do_ping(self, r: Request):
+        self._send(control.pong(r.sid, r.cid))
+
+    def do_byebye(self, r: Request):
+        self._send(control.byebye(r.sid, r.cid))
+        self.closed = True
+        self.transport.loseConnection()
+
+    def do_status(self, r: Request):
+        self._send(control.ok(r.sid, r.cid))
+
+    # -- namespace requests ---------------------------------------------
+
+    def do_stat(self, r: Request):
+        e = self.factory.namespace.lookup(self.path(r), self.subject(r))
+        self._send(control.stat_reply(
+            r.sid, r.cid, size=e.size, uid=e.uid, gid=e.gid, atime=e.atime, mtime=e.mtime,
+            ctime=e.ctime, kind="dir" if e.is_dir else "file", mode=e.mode, ino=e.ino,
+            nlink=2 if e.is_dir else 1))
+
+    do_lstat = do_stat
+
+    def do_mkdir(self, r: Request):
+        mode = control.decode_mode(r.option("mode"), 0o755) & 0o7777
+        self.factory.namespace.mkdir(self.path(r), self.subject(r), mode)
+        self._ok(r)
+
+    def do_rmdir(self, r: Request):
+        self.factory.namespace.rmdir(self.path(r), self.subject(r))
+        self._ok(r)
+
+    def do_unlink(self, r: Request):
+        self.factory.pool.unlink(self.path(r), self.subject(r))
+        self._ok(r)
+
+    def do_chmod(self, r: Request):
+        mode = control.decode_mode(r.option("mode"), -1)
+        if mode < 0:
+            raise DcapError(RC_BAD_PATH, "chmod needs -mode", "EINVAL")
+        self.factory.namespace.chmod(self.path(r), self.subject(r), mode & 0o7777)
+        self._ok(r)
+
+    def do_chown(self, r: Request):
+        owner = r.option("owner") or ""
+        uid_text, _, gid_text = owner.partition(":")
+        try:
+            uid = int(uid_text)
+            gid = int(gid_text) if gid_text else None
+        except ValueError:
+            raise DcapError(RC_BAD_PATH, "chown needs -owner=UID[:GID]", "EINVAL") from None
+        self.factory.namespace.chown(self.path(r), self.subject(r), uid, gid)
+        self._ok(r)
+
+    def do_chgrp(self, r: Request):
+        try:
+            gid = int(r.option("group") or "")
+        except ValueError:
+            raise DcapError(RC_BAD_PATH, "chgrp needs -group=GID", "EINVAL") from None
+        self.factory.namespace.chgrp(self.path(r), self.subject(r), gid)
+        self._ok(r)
+
+    def do_rename(self, r: Request):
+        new = self.path(r, 1)
+        self.factory.namespace.rename(self.path(r), new, self.subject(r))
+        self._ok(r)
+
+    def do_check(self, r: Request):
+        try:
+            entry = self.factory.namespace.lookup(self.path(r), self.subject(r))
+        except DcapError as e:
+            if e.rc in (2, 10001):
+                raise DcapError(RC_NOT_CACHED, "File is not cached") from None
+            raise
+        if entry.is_file and not self.factory.has_disk_copy(entry):
+            raise DcapError(RC_NOT_CACHED, "File is not cached")
+        self._ok(r)
+
+    def do_stage(self, r: Request):
+        entry = self.factory.namespace.lookup(self.path(r), self.subject(r))
+        if not entry.is_file:
+            raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
+        d = self.factory.pool.stage(entry)
+        d.addErrback(lambda f: log.failure("staging {path} failed", f, path=entry.path))
+        self._ok(r)
+
+    def _ok(self, r: Request):
+        self._send(control.ok(r.sid, r.cid))
+
+    # -- transfers -------------------------------------------------------
+
+    def do_open(self, r: Request):
+        path = self.path(r)
+        if len(r.args) < 2 or r.args[1] not in ("r", "w", "rw"):
+            raise DcapError(RC_BAD_PATH, "open needs a mode of r, w or rw", "EINVAL")
+        mode = r.args[1]
+        subject = self.subject(r)
+        pool = self.factory.pool
+        session = Session(r.sid, r.cid, "open", path, options=dict(r.options))
+        session.deadline = self.factory.open_deadline(r)
+        if mode == "r":
+            entry = self.factory.namespace.open_read(path, subject)
+            self.sessions[r.sid] = session
+            if pool.is_cached(entry):
+                self._open_read(r, session, entry)
+            else:
+                d = pool.stage(entry)
+                d.addCallback(lambda fresh: self._open_read(r, session, fresh))
+                d.addErrback(self._open_failed, r, session)
+            return
+        create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
+        replace = self.config.allow_truncate and "truncate" in r.options
+        upload = pool.open_write(path, subject, create_mode, replace=replace,
+                                 copy_existing=(mode == "rw"))
+        size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
+        transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
+        self.sessions[r.sid] = session
+        self._start_mover(r, session, transfer)
+
+    def _open_read(self, r: Request, session: Session, entry):
+        if self.sessions.get(r.sid) is not session:
+            return
+        source = self.factory.pool.open_read(entry)
+        transfer = Transfer(r.sid, source=source, size=entry.size, label="r %s" % (entry.path,))
+        self._start_mover(r, session, transfer)
+
+    def _open_failed(self, failure, r: Request, session: Session):
+        if self.sessions.get(r.sid) is not session:
+            return None
+        del self.sessions[r.sid]
+        e = failure.value
+        if isinstance(e, DcapError):
+            self._fail(r, e.rc, e.message, e.posix)
+        else:
+            log.failure("open of session {sid} failed", failure, sid=r.sid)
+            self._fail(r, RC_INTERNAL, "internalError : %s" % (e,))
+        return None
+
+    def do_opendir(self, r: Request):
+        path = self.path(r)
+        entries = self.factory.namespace.listdir(path, self.subject(r))
+        text = listing_text(entries)
+        session = Session(r.sid, r.cid, "opendir", path)
+        self.sessions[r.sid] = session
+        transfer = Transfer(r.sid, source=BytesIO(text), size=len(text), label="list %s" % (path,))
+        self._start_mover(r, session, transfer, passive=True)
+
+    def _start_mover(self, r: Request, session: Session, transfer: Transfer, passive: Optional[bool] = None):
+        session.transfer = transfer
+        transfer.finished.addCallback(self._transfer_finished, r, session)
+        if passive is None:
+            passive = "passive" in r.options or not self.config.connect_back
+        if passive:
+            self._listen(r, session, transfer)
+        else:
+            self._connect_back(r, session, transfer)
+
+    def _listen(self, r: Request, session: Session, transfer: Transfer):
+        challenge = new_challenge()
+        local = self.transport.getHost().host
+        interface = "" if self.config.connect_host else local
+        host = self.config.connect_host or local
+
+        def accepted():
+            session.started = True
+            self._close_listener(session)
+
+        factory = PassiveMoverFactory(transfer, challenge, accepted)
+        d = defer.maybeDeferred(listen_for_mover, self.factory.reactor, interface, factory)
+
+        def listening(port):
+            if transfer.finished.called:
+                port.stopListening()
+                return
+            session.listener = port
+            self._send(control.connect(r.sid, r.cid, host, port.getHost().port, challenge))
+
+        def failed(f):
+            log.failure("cannot listen for the mover of session {sid}", f, sid=r.sid)
+            transfer.finish(TransferError(RC_INTERNAL, "cannot open a data port: %s" % (f.getErrorMessage(),)))
+
+        d.addCallbacks(listening, failed)
+
+    def _connect_back(self, r: Request, session: Session, transfer: Transfer):
+        host = r.args[2] if len(r.args) > 2 else ""
+        try:
+            port = int(r.args[3])
+        except (IndexError, ValueError):
+            transfer.finish(TransferError(RC_BAD_PATH, "open needs a callback port", "EINVAL"))
+            return
+        if not _is_ip(host):
+            host = self.peer.host
+        channel = DataChannel(transfer=transfer)
+        d = connect_to_client(self.factory.reactor, host, port, channel)
+
+        def connected(_):
+            session.started = True
+            log.info("mover of session {sid} connected back to {host}:{port}", sid=r.sid, host=host, port=port)
+
+        def failed(f):
+            transfer.finish(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
+                                          % (host, port, f.getErrorMessage())))
+
+        d.addCallbacks(connected, failed)
+
+    def _transfer_finished(self, error: Optional[TransferError], r: Request, session: Session):
+        self._close_listener(session)
+        if self.sessions.get(r.sid) is not session:
+            return None  # already answered (expired, or the connection is gone)
+        del self.sessions[r.sid]
+        if session.command == "opendir":
+            return None
+        if error is None:
+            self._ok(r)
+        else:
+            self._fail(r, error.rc, error.message, error.posix)
+        return None
+
+    def _close_listener(self, session: Session):
+        if session.listener is not None:
+            listener, session.listener = session.listener, None
+            listener.stopListening()
+
+    def expire_session(self, sid: int, reason: str = "User timeout canceled session"):
+        """End a session whose deadline passed: `failed 112`, mover killed."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return
+        log.info("session {sid} expired: {reason}", sid=sid, reason=reason)
+        del self.sessions[sid]
+        self._close_listener(session)
+        if session.transfer is not None:
+            session.transfer.kill(reason)
+        self._send(control.failed(sid, session.cid, RC_TIMEOUT, reason))
+
+    # -- end ---------------------------------------------------------------
+
+    def connectionLost(self, reason):
+        self.closed = True
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            self._close_listener(session)
+            if session.transfer is not None:
+                session.transfer.kill("control connection closed")
+        if sessions:
+            log.info("control connection from {peer} closed: {n} session(s) killed",
+                     peer=self.peer, n=len(sessions))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class DoorFactory(Factory):
+    """What the control connections of one door share: storage and settings."""
+
+    protocol = DoorProtocol
+
+    def __init__(self, pool, config: DoorConfig, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.pool = pool
+        self.namespace = pool.namespace
+        self.config = config
+        self.reactor = reactor
+
+    def has_disk_copy(self, entry) -> bool:
+        """What `check` asks: does a disk copy of entry exist?"""
+        return self.pool.is_cached(entry)
+
+    def open_deadline(self, r: Request) -> Optional[float]:
+        """When an open must have started; None: no limit is enforced."""
+        return None
