@@ -19,8 +19,7 @@ sets it on the data socket before any data flows.
 """
 
 import socket
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
 
@@ -56,8 +55,8 @@ class BufferLimits:
     default_recv: int = 256 * KiB
     max_send: int = MiB
     max_recv: int = MiB
-    default_io: int = 256 * KiB
-    max_io: int = MiB
+    default_io: int = MiB
+    max_io: int = 4 * MiB
 
 
 @dataclass(frozen=True)
@@ -189,9 +188,9 @@ class DcapPolicy:
     """
 
     buffers: BufferLimits = BufferLimits()
-    pool_buffers: "MappingProxyType" = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    # (pool name, BufferLimits) pairs from the poollist: a tuple, so the
+    # policy stays immutable and can be pickled into a tap file.
+    pool_buffers: tuple = ()
     open_timeout: "int | None" = None
     keep_alive: "int | None" = None
     strict_check: bool = False
@@ -199,8 +198,9 @@ class DcapPolicy:
 
     def buffers_for(self, pool=None):
         """The buffer limits of the named pool (the door's own by default)."""
-        if pool is not None and pool in self.pool_buffers:
-            return self.pool_buffers[pool]
+        for name, limits in self.pool_buffers:
+            if name == pool:
+                return limits
         return self.buffers
 
     def open_deadline_seconds(self, client_timeout=None):
@@ -310,7 +310,7 @@ def resolve_policy(
 
     return DcapPolicy(
         buffers=buffers,
-        pool_buffers=MappingProxyType(per_pool),
+        pool_buffers=tuple(per_pool.items()),
         open_timeout=open_timeout,
         keep_alive=keep_alive,
         strict_check=strict,

@@ -32,16 +32,16 @@ def cli(**values):
 
 def test_documented_defaults():
     limits = resolve_policy().buffers
-    assert limits == BufferLimits(256 * KiB, 256 * KiB, MiB, MiB, 256 * KiB, MiB)
+    assert limits == BufferLimits(256 * KiB, 256 * KiB, MiB, MiB, MiB, 4 * MiB)
 
 
 def test_no_request_gets_the_default():
-    assert transfer_buffers(BufferLimits()) == TransferBuffers(256 * KiB, 256 * KiB, 256 * KiB)
+    assert transfer_buffers(BufferLimits()) == TransferBuffers(256 * KiB, 256 * KiB, MiB)
 
 
 def test_small_request_is_honoured_and_large_is_clamped():
-    b = transfer_buffers(BufferLimits(), send=64 * KiB, receive=8 * MiB, bsize=4 * MiB)
-    assert b == TransferBuffers(64 * KiB, MiB, MiB)
+    b = transfer_buffers(BufferLimits(), send=64 * KiB, receive=8 * MiB, bsize=8 * MiB)
+    assert b == TransferBuffers(64 * KiB, MiB, 4 * MiB)
 
 
 def test_default_above_max_is_clamped():
@@ -213,10 +213,13 @@ def test_port_range_both_forms():
     assert resolve_policy().port_range is None
 
 
-def test_policy_is_immutable():
-    policy = resolve_policy(poollist=parse_poollist("p /x\n"))
+def test_policy_is_immutable_and_picklable():
+    import pickle
+
+    policy = resolve_policy(poollist=parse_poollist("p /x maxSendBufferSize=4096\n"))
     with pytest.raises(Exception):
         policy.open_timeout = 3
     with pytest.raises(TypeError):
-        policy.pool_buffers["q"] = BufferLimits()
+        policy.pool_buffers[0] = ("q", BufferLimits())
     assert isinstance(policy, DcapPolicy)
+    assert pickle.loads(pickle.dumps(policy)) == policy
