@@ -296,6 +296,8 @@ class DoorProtocol(LineOnlyReceiver):
         subject = self.subject(r)
         pool = self.factory.pool
         session = Session(r.sid, r.cid, "open", path, options=dict(r.options))
+        log.info("session {sid} open {mode} {path} {options}", sid=r.sid, mode=mode, path=path,
+                 options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
         session.deadline = self.factory.open_deadline(r)
         if mode == "r":
             entry = self.factory.namespace.open_read(path, subject)
