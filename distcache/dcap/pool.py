@@ -114,6 +114,7 @@ class Upload:
                 self.ticket, actual, adler32, self.pool.name, self._place
             )
         except BaseException:
+            self._unplace()
             self.abort()
             raise
         self.done = True
@@ -126,7 +127,21 @@ class Upload:
         return new
 
     def _place(self, pnfsid):
-        os.rename(self.temp_path, self.pool._data_path(pnfsid))
+        self.placed = self.pool._data_path(pnfsid)
+        os.rename(self.temp_path, self.placed)
+
+    def _unplace(self):
+        """After a failed commit, drop data renamed in for an entry that never was."""
+        placed = getattr(self, "placed", None)
+        if placed is None:
+            return
+        try:
+            self.pool.namespace.get(os.path.basename(placed))
+        except DcapError:
+            try:
+                os.unlink(placed)
+            except FileNotFoundError:
+                pass
 
     def abort(self):
         """Discard the written data; the namespace is unchanged."""
@@ -296,6 +311,8 @@ class Pool:
 
         def deliver(result):
             for waiter in running.pop(pnfsid, []):
+                if waiter.called:
+                    continue  # that caller cancelled (e.g. its open timed out)
                 if isinstance(result, Failure):
                     waiter.errback(result)
                 else:

@@ -161,3 +161,13 @@ def test_config_round_trip(tmp_path, clock):
         f.write("[tape]\nkind = floppy\npath = /x\n")
     with pytest.raises(ValueError):
         hsm.load_config(root, clock)
+
+
+def test_a_cancelled_waiter_does_not_disturb_the_others(pool, clock):
+    tape_only = flushed_and_dropped(pool, clock)
+    impatient = pool.stage(tape_only)
+    patient = result_of(pool.stage(tape_only))
+    impatient.addErrback(lambda f: None)
+    impatient.cancel()
+    clock.advance(30)
+    assert patient[0].state == "disk+tape"

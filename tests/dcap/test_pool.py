@@ -174,3 +174,20 @@ def test_no_fsync_policy_still_atomic(tmp_path):
     upload.file.write(b"fast")
     assert upload.commit().size == 4
     p.namespace.close()
+
+
+def test_commit_failing_after_placement_removes_the_placed_data(pool, monkeypatch):
+    upload = pool.open_write("/pnfs/f", ROOT)
+    upload.file.write(b"x")
+    real = pool.namespace.commit_write
+
+    def fail_after_place(ticket, size, adler32, name, place):
+        def place_then_fail(pnfsid):
+            place(pnfsid)
+            raise OSError("commit lost")
+        return real(ticket, size, adler32, name, place_then_fail)
+
+    monkeypatch.setattr(pool.namespace, "commit_write", fail_after_place)
+    with pytest.raises(OSError):
+        upload.commit()
+    assert os.listdir(pool.data_dir) == [] and os.listdir(pool.incoming_dir) == []
