@@ -1,0 +1,184 @@
+"""The door's control protocol on a StringTransport, over a real namespace in tmp."""
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
+from distcache.dcap.namespace import Access, ROOT
+from distcache.dcap.pool import open_pool
+
+HELLO = b'0 0 client hello 0 0 2 47 14 "" -uid=%d -pid=1 -gid=%d\n'
+
+
+@pytest.fixture
+def pool(tmp_path):
+    p = open_pool(str(tmp_path / "root"), fsync=False)
+    yield p
+    p.namespace.close()
+
+
+class Client:
+    def __init__(self, pool, uid=0, gid=0, hello=True, **config):
+        self.factory = DoorFactory(pool, DoorConfig(**config), MemoryReactorClock())
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        if hello:
+            assert self.send(HELLO % (uid, gid)) == ["0 0 server welcome 2 47"]
+
+    def send(self, data):
+        self.transport.clear()
+        self.proto.dataReceived(data)
+        return self.transport.value().decode("ascii").splitlines()
+
+    def ask(self, line):
+        out = self.send(line.encode("ascii") + b"\n")
+        assert len(out) == 1, out
+        return out[0]
+
+
+def url(path):
+    return "dcap://127.0.0.1:22125/" + path.lstrip("/")
+
+
+def put(pool, path, data=b"", mode=0o644, uid=0, gid=0):
+    up = pool.open_write(path, ROOT, mode, replace=True)
+    up.file.write(data)
+    up.commit()
+    if uid or gid:
+        pool.namespace.chown(path, ROOT, uid, gid)
+
+
+def test_stat_of_file_and_directory(pool):
+    pool.namespace.mkdir("/pnfs", ROOT, 0o755)
+    put(pool, "/pnfs/x", b"x" * 17000)
+    c = Client(pool, access=Access.FULL)
+    line = c.ask('1 0 client stat "%s" -uid=0' % url("//pnfs/x"))
+    assert line.startswith("1 0 client stat -st_size=17000 -st_uid=0 -st_gid=0 -st_atime=")
+    assert "-st_mode=-rw-r--r--" in line
+    assert "-st_ino=" in line
+    assert "-st_mode=drwxr-xr-x" in c.ask('2 0 client lstat "%s" -uid=0' % url("/pnfs"))
+    assert c.ask('3 0 client stat "%s" -uid=0' % url("/nothere")) == \
+        '3 0 client failed 10001 "No such file or directory" ENOENT'
+
+
+def test_namespace_requests_with_the_real_doors_replies(pool):
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client mkdir "%s" -mode=493 -uid=0' % url("/d")) == "1 0 client ok"
+    assert "-st_mode=drwxr-xr-x" in c.ask('2 0 client stat "%s" -uid=0' % url("/d"))
+    assert c.ask('3 0 client mkdir "%s" -mode=493 -uid=0' % url("/d")) == \
+        '3 0 client failed 20 "Directory exists" EEXIST'
+    assert c.ask('4 0 client mkdir "%s" -mode=493 -uid=0' % url("/x/y")) == \
+        '4 0 client failed 10001 "Path /x does not exist"'
+    put(pool, "/d/f", b"abc")
+    assert c.ask('5 0 client chmod "%s" -mode=384 -uid=0' % url("/d/f")) == "5 0 client ok"
+    assert "-st_mode=-rw-------" in c.ask('6 0 client stat "%s" -uid=0' % url("/d/f"))
+    assert c.ask('7 0 client chown "%s" -owner=12:34 -uid=0' % url("/d/f")) == "7 0 client ok"
+    assert "-st_uid=12 -st_gid=34" in c.ask('8 0 client stat "%s" -uid=0' % url("/d/f"))
+    assert c.ask('9 0 client chgrp "%s" -group=56 -uid=0' % url("/d/f")) == "9 0 client ok"
+    assert "-st_gid=56" in c.ask('10 0 client stat "%s" -uid=0' % url("/d/f"))
+    assert c.ask('11 0 client rename "%s" /d/g -uid=0' % url("/d/f")) == "11 0 client ok"
+    assert c.ask('12 0 client rmdir "%s" -uid=0' % url("/d")).startswith('12 0 client failed 23 "')
+    assert c.ask('13 0 client unlink "%s" -uid=0' % url("/d")) == \
+        '13 0 client failed 17 "Path is a Directory" EISDIR'
+    assert c.ask('14 0 client unlink "%s" -uid=0' % url("/d/g")) == "14 0 client ok"
+    assert c.ask('15 0 client rmdir "%s" -uid=0' % url("/d")) == "15 0 client ok"
+    assert c.ask('16 0 client unlink "%s" -uid=0' % url("/d/g")) == \
+        '16 0 client failed 10001 "No such file or directory" ENOENT'
+
+
+def test_permissions_follow_the_clients_uid(pool):
+    pool.namespace.mkdir("/home", ROOT, 0o755)
+    put(pool, "/home/secret", b"s", mode=0o600, uid=100, gid=100)
+    other = Client(pool, uid=200, gid=200, access=Access.FULL)
+    assert other.ask('1 0 client open "%s" r h 1 -uid=200' % url("/home/secret")) == \
+        '1 0 client failed 19 "Permission denied" EACCES'
+    assert other.ask('2 0 client unlink "%s" -uid=200' % url("/home/secret")) == \
+        '2 0 client failed 19 "Permission denied" EACCES'
+    assert other.ask('3 0 client chmod "%s" -mode=511 -uid=200' % url("/home/secret")).startswith(
+        '3 0 client failed 19 ')
+
+
+def test_readonly_anonymous_access_refuses_modifications(pool):
+    put(pool, "/f", b"x")
+    c = Client(pool)  # READONLY is the default
+    assert c.ask('1 0 client mkdir "%s" -mode=493 -uid=0' % url("/d")).endswith("EACCES")
+    assert c.ask('2 0 client unlink "%s" -uid=0' % url("/f")).endswith("EACCES")
+    assert c.ask('3 0 client open "%s" w -truncate h 1 -uid=0' % url("/new")).endswith("EACCES")
+    assert c.ask('4 0 client stat "%s" -uid=0' % url("/f")).startswith("4 0 client stat ")
+    assert c.ask('5 0 client check "%s" -stagetime=-1 -location=h -uid=0' % url("/f")) == "5 0 client ok"
+
+
+def test_no_anonymous_access_refuses_reads(pool):
+    put(pool, "/f", b"x")
+    c = Client(pool, access=Access.NONE)
+    assert c.ask('1 0 client stat "%s" -uid=0' % url("/f")).endswith("EACCES")
+
+
+def test_open_failures(pool):
+    pool.namespace.mkdir("/d", ROOT, 0o755)
+    put(pool, "/d/f", b"x")
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client open "%s" r h 1 -uid=0' % url("/nothere")) == \
+        '1 0 client failed 2 "No such file or directory" ENOENT'
+    assert c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/d")) == '2 0 client failed 1 "Not a File"'
+    assert c.ask('3 0 client open "%s" w -truncate h 1 -uid=0' % url("/d/f")) == \
+        '3 0 client failed 1 "File is readOnly"'
+
+
+def test_check_and_stage(pool):
+    pool.namespace.mkdir("/d", ROOT, 0o755)
+    put(pool, "/d/f", b"x")
+    c = Client(pool)
+    assert c.ask('1 0 client check "%s" -stagetime=-1 -location=h -uid=0' % url("/d/f")) == "1 0 client ok"
+    assert c.ask('2 0 client check "%s" -stagetime=-1 -location=h -uid=0' % url("/d/nothere")) == \
+        '2 0 client failed 4 "File is not cached"'
+    assert c.ask('3 0 client stage "%s" -stagetime=0 -location=h -uid=0' % url("/d/f")) == "3 0 client ok"
+    assert c.ask('4 0 client stage "%s" -stagetime=0 -location=h -uid=0' % url("/d")).endswith(
+        '"path is not a regular file" EINVAL')
+
+
+def test_ping_status_and_unknown_commands(pool):
+    c = Client(pool)
+    assert c.ask("4 2 client ping") == "4 2 server pong"
+    assert c.ask("5 0 client status") == "5 0 client ok"
+    assert c.ask("6 0 client dance") == \
+        "6 0 client failed 669 \"protocolViolation : Invalid command 'dance'\""
+    assert c.ask('7 0 client stat "dcap://h/a%ff"') == \
+        '7 0 client failed 10015 "Invalid path: path is not valid UTF-8" EINVAL'
+    assert c.ask("8 0 client byebye") == "8 0 server byebye"
+    assert c.transport.disconnecting
+
+
+@pytest.mark.parametrize("line", [b"1 2 client\n", b"x y client stat\n", b"1 0 client stat \"/a\"\n"])
+def test_protocol_violations_close_the_connection(pool, line):
+    c = Client(pool, hello=(line != b'1 0 client stat "/a"\n'))
+    out = c.send(line)
+    assert len(out) == 1 and out[0].startswith("protocol violation: ")
+    assert c.transport.disconnecting
+
+
+def test_overlong_line_is_a_violation(pool):
+    c = Client(pool)
+    out = c.send(b"1 0 client stat " + b"x" * 70000 + b"\n")
+    assert out[0].startswith("protocol violation: ")
+    assert c.transport.disconnecting
+
+
+def test_non_ascii_names_in_replies_are_escaped(pool):
+    c = Client(pool, access=Access.FULL)
+    line = c.ask('1 0 client mkdir "%s" -mode=493 -uid=0' % url("/caf%C3%A9"))
+    assert line.startswith("1 0 client failed ") and line.endswith("EINVAL")
+    assert max(line.encode("ascii")) < 128
+
+
+def test_client_version_range(pool):
+    low, high = parse_version_range("2.47:2.47.99")
+    assert (low, high) == ((2, 47), (2, 47, 99))
+    accepted = Client(pool, hello=False, client_version_min=low, client_version_max=high)
+    assert accepted.send(HELLO % (0, 0)) == ["0 0 server welcome 2 47"]
+    refused = Client(pool, hello=False, client_version_min=(2, 48))
+    assert refused.send(HELLO % (0, 0)) == []
+    assert refused.transport.disconnecting
+    old = Client(pool, hello=False, client_version_max=(2, 46))
+    assert old.send(HELLO % (0, 0)) == []
