@@ -1,12 +1,14 @@
 """Control-line parsing and reply formatting, checked against the real client's lines."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from distcache.dcap import control
 from distcache.dcap.control import BadURL, ProtocolError, parse_request
 
-TRANSCRIPT = "/work/shared/vectors/dccp-2.47.14-transcript.txt"
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "vectors" / "dccp-2.47.14-transcript.txt"
 
 
 def test_hello_line():
