@@ -174,14 +174,14 @@ class Admin:
         """Copy source (a directory or a file) to dest; bad names are skipped."""
         if not os.path.exists(source):
             raise DcapError(10001, "%s does not exist" % source)
-        if os.path.isdir(source) and not self._exists(dest):
+        if os.path.isfile(source) and not os.path.islink(source):
+            self._import_file(source, self._file_target(source, dest), owner, replace)
+            return
+        if not os.path.isdir(source) or os.path.islink(source):
+            raise DcapError(10015, "%s is not a regular file or directory" % source)
+        if not self._exists(dest):
             self.mkdir(dest, parents=True)
         base = self.ns.lookup(dest, ROOT)
-        if os.path.isfile(source) and not os.path.islink(source):
-            target = dest if not base.is_dir else base.path.rstrip("/") + "/" + \
-                os.path.basename(source)
-            self._import_file(source, target, owner, replace)
-            return
         if not base.is_dir:
             raise DcapError(22, "%s is not a directory" % dest, "ENOTDIR")
         top = base.path.rstrip("/")
@@ -208,6 +208,15 @@ class Admin:
                     self.complain(local, "not a regular file (symlinks are not followed)")
                     continue
                 self._import_file(local, prefix + "/" + name, owner, replace)
+
+    def _file_target(self, source, dest):
+        """dest itself, or dest/<name> when dest is (or, ending in /, becomes) a directory."""
+        name = os.path.basename(source)
+        if dest.endswith("/") and not self._exists(dest):
+            self.mkdir(dest, parents=True)
+        if self._exists(dest) and self.ns.lookup(dest, ROOT).is_dir:
+            return dest.rstrip("/") + "/" + name
+        return dest
 
     def _exists(self, path):
         try:
@@ -367,7 +376,7 @@ def run(argv, reactor, out=None, err=None):
         elif cmd == "tape":
             admin.tape(args)
     except DcapError as e:
-        admin.complain(getattr(args, "path", cmd), e)
+        admin.complain(getattr(args, "path", None) or getattr(args, "source", cmd), e)
     finally:
         admin.ns.close()
     return 1 if admin.failures else 0

@@ -160,3 +160,19 @@ def test_console_entry_point_exit_status(root, tmp_path):
     usage = subprocess.run(run + ["frobnicate"], env=env, capture_output=True, text=True,
                            timeout=60)
     assert usage.returncode == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_import_of_one_file_to_a_new_directory_or_name(root, tree):
+    code, _out, _err = yield dcap_admin(root, "import", str(tree / "a.txt"), "/pnfs/new/")
+    assert code == 0
+    code, _out, _err = yield dcap_admin(root, "import", str(tree / "a.txt"), "/pnfs/renamed")
+    assert code == 0
+    code, _out, err = yield dcap_admin(root, "import", str(tree / "link"), "/pnfs")
+    assert code == 1 and "not a regular file or directory" in err
+    code, _out, err = yield dcap_admin(root, "import", str(tree / "nothere"), "/pnfs")
+    assert code == 1 and "nothere does not exist" in err
+    pool = open_pool(root)
+    assert pool.namespace.lookup("/pnfs/new/a.txt", ROOT).size == 6
+    assert pool.namespace.lookup("/pnfs/renamed", ROOT).size == 6
+    pool.namespace.close()
