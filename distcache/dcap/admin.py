@@ -280,7 +280,8 @@ class Admin:
         for entry in self._files(path):
             counts[entry.state] = counts.get(entry.state, 0) + 1
             extra = " " + entry.tape_uri if entry.tape_uri else ""
-            staging = " (staging)" if self.pool.is_staging(entry) else ""
+            staging = (" (staging, pid %d)" % (entry.staging or os.getpid())
+                       if self.pool.is_staging(entry) else "")
             self.say("%-9s %s %s%s%s" % (entry.state, entry.pnfsid, entry.path, extra, staging))
         summary = ", ".join("%s %d" % kv for kv in sorted(counts.items()))
         self.say("# %s" % (summary or "no files"))

@@ -184,6 +184,7 @@ class Entry:
     on_disk: bool = False
     tape_uri: object = None  # str, or None when never flushed
     pool: object = None  # name of the pool holding the disk copy
+    staging: object = None  # pid of the process recalling it from tape, or None
 
     @property
     def pnfsid(self):
@@ -346,6 +347,9 @@ class INamespace(Interface):
     def set_location(pnfsid, on_disk=None, tape_uri=None, pool=None):
         """Record where a file's data lives (disk copy, tape URI); the Entry."""
 
+    def set_staging(pnfsid, pid):
+        """Mark a file as being staged by process pid (None: not staging)."""
+
     def walk(path, subject=ROOT):
         """Every Entry below path (depth first, path order), itself first."""
 
@@ -366,7 +370,7 @@ class WriteTicket:
 
 _COLUMNS = (
     "ino, parent, name, type, mode, uid, gid, size, atime, mtime, ctime, "
-    "adler32, on_disk, tape_uri, pool"
+    "adler32, on_disk, tape_uri, pool, staging"
 )
 
 _SCHEMA = """
@@ -386,6 +390,7 @@ CREATE TABLE IF NOT EXISTS inode (
     on_disk INTEGER NOT NULL DEFAULT 0,
     tape_uri TEXT,
     pool TEXT,
+    staging INTEGER,
     UNIQUE (parent, name)
 );
 CREATE INDEX IF NOT EXISTS inode_tape ON inode (tape_uri) WHERE tape_uri IS NOT NULL;
@@ -416,6 +421,9 @@ class SQLiteNamespace:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(inode)")}
+            if "staging" not in columns:
+                self._db.execute("ALTER TABLE inode ADD COLUMN staging INTEGER")
             if self._row_by_ino(ROOT_INO) is None:
                 now = self._clock()
                 self._db.execute(
@@ -448,9 +456,9 @@ class SQLiteNamespace:
     @staticmethod
     def _entry(row, path):
         (ino, parent, name, typ, mode, uid, gid, size, atime, mtime, ctime,
-         adler, on_disk, uri, pool) = row
+         adler, on_disk, uri, pool, staging) = row
         return Entry(ino, parent, name, path, typ, mode, uid, gid, size, atime,
-                     mtime, ctime, adler, bool(on_disk), uri, pool)
+                     mtime, ctime, adler, bool(on_disk), uri, pool, staging)
 
     def _resolve(self, parts, subject, missing):
         """Walk parts from the root checking search permission on each directory.
@@ -746,6 +754,11 @@ class SQLiteNamespace:
                 self._db.execute("UPDATE inode SET pool = ? WHERE ino = ?", (pool, ino))
             row = self._row_by_ino(ino)
         return self._entry(row, self._path_of(row))
+
+    def set_staging(self, pnfsid, pid):
+        ino = ino_of(pnfsid)
+        with self._write():
+            self._db.execute("UPDATE inode SET staging = ? WHERE ino = ?", (pid, ino))
 
     def walk(self, path, subject=ROOT):
         top = self._lookup(path, subject)

@@ -262,7 +262,10 @@ class Pool:
     # -- tertiary storage -----------------------------------------------
 
     def is_staging(self, entry):
-        return entry.pnfsid in self._stages
+        """True while this process, or another live one, recalls entry from tape."""
+        if entry.pnfsid in self._stages:
+            return True
+        return entry.staging is not None and _pid_alive(entry.staging)
 
     def stage(self, entry):
         """A Deferred firing with the fresh Entry once a disk copy exists.
@@ -337,6 +340,7 @@ class Pool:
         )
         log.info("staging {path} ({pnfsid}) from {uri}", path=fresh.path,
                  pnfsid=pnfsid, uri=fresh.tape_uri)
+        self.namespace.set_staging(pnfsid, os.getpid())
 
         def staged(_):
             try:
@@ -368,9 +372,17 @@ class Pool:
             log.warn("stage of {pnfsid} failed: {error}", pnfsid=pnfsid, error=err)
             raise err
 
+        def unmark(result):
+            try:
+                self.namespace.set_staging(pnfsid, None)
+            except DcapError:
+                pass  # the file was removed meanwhile
+            return result
+
         d = defer.maybeDeferred(self.hsm.stage, fresh, fresh.tape_uri, temp)
         d.addCallback(staged)
         d.addErrback(failed)
+        d.addBoth(unmark)
         return d
 
     def _store(self, entry):

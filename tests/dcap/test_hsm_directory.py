@@ -171,3 +171,23 @@ def test_a_cancelled_waiter_does_not_disturb_the_others(pool, clock):
     impatient.cancel()
     clock.advance(30)
     assert patient[0].state == "disk+tape"
+
+
+def test_staging_is_visible_in_the_namespace_while_it_runs(pool, clock):
+    tape_only = flushed_and_dropped(pool, clock)
+    done = result_of(pool.stage(tape_only))
+    during = pool.namespace.get(tape_only.pnfsid)
+    assert during.staging == os.getpid()
+    other_process_view = open_pool(os.path.dirname(pool.directory))
+    assert other_process_view.is_staging(during)
+    clock.advance(30)
+    after = pool.namespace.get(tape_only.pnfsid)
+    assert after.staging is None and not other_process_view.is_staging(after)
+    assert done[0].state == "disk+tape"
+    other_process_view.namespace.close()
+
+
+def test_a_dead_stager_is_not_reported(pool, clock):
+    tape_only = flushed_and_dropped(pool, clock)
+    pool.namespace.set_staging(tape_only.pnfsid, 999999999)
+    assert not pool.is_staging(pool.namespace.get(tape_only.pnfsid))

@@ -333,3 +333,28 @@ def test_lookup_uses_the_index(ns):
         "EXPLAIN QUERY PLAN SELECT ino FROM inode WHERE parent = ? AND name = ?", (1, "x")
     ).fetchall()
     assert any("INDEX" in row[-1] and "name=?" in row[-1] for row in plan)
+
+
+def test_opens_a_namespace_made_before_the_staging_column(tmp_path):
+    import sqlite3
+
+    root = tmp_path / "old"
+    root.mkdir()
+    db = sqlite3.connect(str(root / "namespace.db"))
+    db.executescript("""
+        CREATE TABLE inode (ino INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL,
+            name TEXT NOT NULL, type TEXT NOT NULL, mode INTEGER NOT NULL,
+            uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL DEFAULT 0,
+            atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
+            adler32 INTEGER, on_disk INTEGER NOT NULL DEFAULT 0, tape_uri TEXT, pool TEXT,
+            UNIQUE (parent, name));
+        INSERT INTO inode (ino, parent, name, type, mode, uid, gid, atime, mtime, ctime)
+            VALUES (1, 0, '', 'd', 493, 0, 0, 1, 1, 1);
+        INSERT INTO inode (parent, name, type, mode, uid, gid, size, atime, mtime, ctime)
+            VALUES (1, 'kept', 'f', 420, 0, 0, 3, 1, 1, 1);
+    """)
+    db.close()
+    ns = open_namespace(str(root))
+    entry = ns.lookup("/kept", ROOT)
+    assert entry.size == 3 and entry.staging is None
+    ns.close()
