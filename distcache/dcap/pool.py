@@ -15,14 +15,13 @@ import secrets
 import zlib
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from distcache.dcap.namespace import (
     RC_DISK_IO,
     RC_NOT_CACHED,
     RC_NOT_REGULAR,
-    ROOT,
     DcapError,
     NotCached,
     StageFailed,
@@ -430,4 +429,4 @@ def open_pool(root, hsm=None, name="pool1", fsync=True):
     return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync)
 
 
-__all__ = ["Pool", "Upload", "adler32_of_file", "open_pool", "ROOT"]
+__all__ = ["Pool", "Upload", "adler32_of_file", "open_pool"]
