@@ -356,7 +356,12 @@ class Pool:
                 with open(temp, "rb") as f:
                     os.fsync(f.fileno())
             os.rename(temp, self.data_path(fresh))
-            staged_entry = self.namespace.set_location(pnfsid, on_disk=True, pool=self.name)
+            try:
+                staged_entry = self.namespace.set_location(
+                    pnfsid, on_disk=True, pool=self.name)
+            except DcapError:
+                os.unlink(self.data_path(fresh))  # removed while it was being staged
+                raise
             log.info("staged {path} ({pnfsid})", path=staged_entry.path, pnfsid=pnfsid)
             return staged_entry
 

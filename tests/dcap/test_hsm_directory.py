@@ -191,3 +191,12 @@ def test_a_dead_stager_is_not_reported(pool, clock):
     tape_only = flushed_and_dropped(pool, clock)
     pool.namespace.set_staging(tape_only.pnfsid, 999999999)
     assert not pool.is_staging(pool.namespace.get(tape_only.pnfsid))
+
+
+def test_a_file_removed_while_staging_leaves_no_data(pool, clock):
+    tape_only = flushed_and_dropped(pool, clock)
+    done = result_of(pool.stage(tape_only))
+    pool.namespace.unlink("/f", ROOT)
+    clock.advance(30)
+    assert done[0].value.rc == 10001
+    assert os.listdir(pool.data_dir) == [] and os.listdir(pool.incoming_dir) == []
