@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
 from distcache.dcap.namespace import Access
+from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 
 log = Logger()
 
@@ -20,8 +21,8 @@ DEFAULT_LISTEN = "tcp:22125"
 DEFAULT_ROOT = os.path.join("var", "dcap")
 
 
-class Options(usage.Options):
-    """Command line of `twistd dcap-door`."""
+class Options(PolicyOptions):
+    """Command line of `twistd dcap-door` (policy options: see PolicyOptions)."""
 
     synopsis = "[options]"
     longdesc = ("Run a DCAP door and mover that dccp and libdcap clients use unchanged. "
@@ -53,6 +54,7 @@ class Options(usage.Options):
                 parse_version_range(self["client-version"])
             except ValueError:
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
+        self["policy"] = policy_from_options(self)
 
 
 def door_config(options) -> DoorConfig:
@@ -71,24 +73,31 @@ def door_config(options) -> DoorConfig:
 class DoorService(service.Service):
     """Opens storage and the listening endpoint on start; pickles as config."""
 
-    def __init__(self, listen, root, config, fsync=True):
+    def __init__(self, listen, root, config, fsync=True, policy=None):
         self.listen = listen
         self.root = root
         self.config = config
         self.fsync = fsync
+        self.policy = policy
         self.port = None
         self.pool = None
+        self.factory = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["port"] = None
         state["pool"] = None
+        state["factory"] = None
         return state
 
     def make_factory(self, reactor):
+        from distcache.dcap import hsm
         from distcache.dcap.pool import open_pool
-        self.pool = open_pool(os.path.abspath(self.root), fsync=self.fsync)
-        return DoorFactory(self.pool, self.config, reactor)
+        root = os.path.abspath(self.root)
+        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync)
+        self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
+        self.factory.policy.start()
+        return self.factory
 
     def startService(self):
         from twisted.internet import reactor
@@ -112,6 +121,8 @@ class DoorService(service.Service):
 
     def stopService(self):
         super().stopService()
+        if self.factory is not None:
+            self.factory.policy.stop()
         if self.pool is not None:
             self.pool.namespace.close()
         if self.port is not None:
@@ -122,4 +133,4 @@ class DoorService(service.Service):
 
 def makeService(options):
     return DoorService(options["listen"], options["root"], door_config(options),
-                       fsync=not options["no-fsync"])
+                       fsync=not options["no-fsync"], policy=options.get("policy"))

@@ -22,9 +22,11 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from distcache.dcap import control
 from distcache.dcap.control import BadURL, ProtocolError, Request
+from distcache.dcap.doorpolicy import DoorPolicy
+from distcache.dcap.portrange import PortRangeExhausted
 from distcache.dcap.mover import (
     DataChannel, PassiveMoverFactory, Transfer, TransferError,
-    connect_to_client, listen_for_mover, new_challenge,
+    connect_to_client, new_challenge,
 )
 from distcache.dcap.namespace import (
     RC_NOT_CACHED, RC_NOT_REGULAR, Access, DcapError, Subject, listing_text,
@@ -67,16 +69,17 @@ def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
 class Session:
     """One live request on a control connection (an open or opendir).
 
-    `deadline` is when the open must have started moving data (absolute
-    seconds on the door's clock, None for no limit); a keep-alive pass may
-    call `DoorProtocol.expire_session` once it has passed.
+    `watch` puts an open under its openTimeout (None when none is
+    enforced): the door's keep-alive pass calls `DoorProtocol.expire_session`
+    for an open still waiting at its deadline and `interrupt_read` for a
+    read still flowing then.
     """
 
     sid: int
     cid: int
     command: str
     path: str
-    deadline: Optional[float] = None
+    watch: object = None
     transfer: Optional[Transfer] = None
     listener: object = None
     started: bool = False
@@ -298,9 +301,9 @@ class DoorProtocol(LineOnlyReceiver):
         session = Session(r.sid, r.cid, "open", path, options=dict(r.options))
         log.info("session {sid} open {mode} {path} {options}", sid=r.sid, mode=mode, path=path,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
-        session.deadline = self.factory.open_deadline(r)
         if mode == "r":
             entry = self.factory.namespace.open_read(path, subject)
+            self._watch(r, session)
             self.sessions[r.sid] = session
             if pool.is_cached(entry):
                 self._open_read(r, session, entry)
@@ -315,8 +318,16 @@ class DoorProtocol(LineOnlyReceiver):
                                  copy_existing=(mode == "rw"))
         size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
         transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
+        self._watch(r, session)
         self.sessions[r.sid] = session
         self._start_mover(r, session, transfer)
+
+    def _watch(self, r: Request, session: Session):
+        """Put an accepted open under its openTimeout (client's -timeout first)."""
+        session.watch = self.factory.policy.watch_open(
+            r.sid, r.option("timeout"),
+            lambda: self.expire_session(r.sid),
+            lambda: self.interrupt_read(r.sid))
 
     def _open_read(self, r: Request, session: Session, entry):
         if self.sessions.get(r.sid) is not session:
@@ -326,6 +337,8 @@ class DoorProtocol(LineOnlyReceiver):
         self._start_mover(r, session, transfer)
 
     def _open_failed(self, failure, r: Request, session: Session):
+        if session.watch is not None:
+            session.watch.finished()
         if self.sessions.get(r.sid) is not session:
             return None
         del self.sessions[r.sid]
@@ -348,6 +361,11 @@ class DoorProtocol(LineOnlyReceiver):
 
     def _start_mover(self, r: Request, session: Session, transfer: Transfer, passive: Optional[bool] = None):
         session.transfer = transfer
+        policy = self.factory.policy
+        transfer.policy = policy
+        transfer.buffers = policy.buffers_for_open(session.options)
+        transfer.block_size = transfer.buffers.io
+        transfer.watch = session.watch
         transfer.finished.addCallback(self._transfer_finished, r, session)
         if passive is None:
             passive = "passive" in r.options or not self.config.connect_back
@@ -367,7 +385,7 @@ class DoorProtocol(LineOnlyReceiver):
             self._close_listener(session)
 
         factory = PassiveMoverFactory(transfer, challenge, accepted)
-        d = defer.maybeDeferred(listen_for_mover, self.factory.reactor, interface, factory)
+        d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
 
         def listening(port):
             if transfer.finished.called:
@@ -377,7 +395,10 @@ class DoorProtocol(LineOnlyReceiver):
             self._send(control.connect(r.sid, r.cid, host, port.getHost().port, challenge))
 
         def failed(f):
-            log.failure("cannot listen for the mover of session {sid}", f, sid=r.sid)
+            if f.check(PortRangeExhausted):
+                log.warn("session {sid}: {error}", sid=r.sid, error=f.getErrorMessage())
+            else:
+                log.failure("cannot listen for the mover of session {sid}", f, sid=r.sid)
             transfer.finish(TransferError(RC_INTERNAL, "cannot open a data port: %s" % (f.getErrorMessage(),)))
 
         d.addCallbacks(listening, failed)
@@ -406,6 +427,8 @@ class DoorProtocol(LineOnlyReceiver):
 
     def _transfer_finished(self, error: Optional[TransferError], r: Request, session: Session):
         self._close_listener(session)
+        if session.watch is not None:
+            session.watch.finished()
         if self.sessions.get(r.sid) is not session:
             return None  # already answered (expired, or the connection is gone)
         del self.sessions[r.sid]
@@ -434,6 +457,21 @@ class DoorProtocol(LineOnlyReceiver):
             session.transfer.kill(reason)
         self._send(control.failed(sid, session.cid, RC_TIMEOUT, reason))
 
+    def interrupt_read(self, sid: int):
+        """Cut a read still flowing at its open deadline, without a reply.
+
+        The real dccp cannot tell this from a network failure: it pings the
+        door on the same session id, opens the file again and seeks back.
+        A `failed` reply here would make that ping fail and force a new
+        control connection, so the session just ends.
+        """
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        self._close_listener(session)
+        if session.transfer is not None:
+            session.transfer.kill("open deadline passed during the read")
+
     # -- end ---------------------------------------------------------------
 
     def connectionLost(self, reason):
@@ -461,7 +499,7 @@ class DoorFactory(Factory):
 
     protocol = DoorProtocol
 
-    def __init__(self, pool, config: DoorConfig, reactor=None):
+    def __init__(self, pool, config: DoorConfig, reactor=None, policy=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -469,11 +507,16 @@ class DoorFactory(Factory):
         self.namespace = pool.namespace
         self.config = config
         self.reactor = reactor
+        self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
 
     def has_disk_copy(self, entry) -> bool:
-        """What `check` asks: does a disk copy of entry exist?"""
-        return self.pool.is_cached(entry)
+        """What `check` asks: does a disk copy of entry exist?
 
-    def open_deadline(self, r: Request) -> Optional[float]:
-        """When an open must have started; None: no limit is enforced."""
-        return None
+        Strictly (a pool that is up holds it) or from the namespace, as the
+        door's -check option says.
+        """
+        return self.policy.has_disk_copy(entry, [self.pool])
+
+    def listen_for_mover(self, interface: str, factory):
+        """A listening port for a server-passive mover, inside the port range."""
+        return self.policy.listen(self.reactor, interface, factory)

@@ -68,6 +68,12 @@ class Transfer:
         self.bytes_out = 0
         self.finished: defer.Deferred = defer.Deferred()
         self.channel: Optional["DataChannel"] = None
+        # Set by the door from its policy: the socket buffer sizes and I/O
+        # block of this transfer, and the open's deadline watch.
+        self.policy = None
+        self.buffers = None
+        self.block_size = BLOCK_SIZE
+        self.watch = None
         # running adler32, valid while the file is written front to back
         self._adler: Optional[int] = 1 if size == 0 else None
         self._fpos = -1
@@ -193,7 +199,7 @@ class _ReadStream:
                 self.ranges.pop(0)
                 continue
             try:
-                data = transfer.read_at(offset, min(count, BLOCK_SIZE))
+                data = transfer.read_at(offset, min(count, transfer.block_size))
             except OSError as e:
                 self._end(TransferError(RC_IO, "read failed: %s" % (e.strerror or e,)))
                 return
@@ -395,13 +401,17 @@ class DataChannel(Protocol):
 def prepare_data_connection(transport, transfer: Transfer) -> None:
     """The one place a data socket is set up before any data flows.
 
-    TCP_NODELAY keeps small ACK/FIN replies from waiting on Nagle.
+    TCP_NODELAY keeps small ACK/FIN replies from waiting on Nagle; the
+    door's policy then sets the transfer's socket buffer sizes and starts
+    the open's deadline watch on its data phase.
     """
     if hasattr(transport, "setTcpNoDelay"):
         try:
             transport.setTcpNoDelay(True)
         except OSError:
             pass
+    if transfer.policy is not None:
+        transfer.policy.prepare(transport, transfer)
 
 
 def listen_for_mover(reactor, interface: str, factory: Factory) -> defer.Deferred:
