@@ -84,3 +84,27 @@ def test_missing_file_is_a_usage_error(tmp_path):
     with pytest.raises(usage.UsageError) as e:
         policy_from_options(parse("--poollist", str(tmp_path / "none.poollist")))
     assert "none.poollist" in str(e.value)
+
+
+def test_door_options_carry_the_policy_into_a_picklable_service(tmp_path):
+    import pickle
+
+    from distcache import dcap_tap
+
+    config = dcap_tap.Options()
+    config.parseOptions(["--root", str(tmp_path), "--open-timeout", "7",
+                         "--keep-alive", "2", "--portrange", "33115:33145"])
+    service = dcap_tap.makeService(config)
+    again = pickle.loads(pickle.dumps(service))
+    assert again.policy.open_timeout == 7 and again.policy.keep_alive == 2
+    assert again.policy.port_range == PortRange(33115, 33145)
+
+
+def test_door_refuses_to_start_with_a_bad_batch_line(tmp_path):
+    from distcache import dcap_tap
+
+    batch = tmp_path / "door.batch"
+    batch.write_text("set context dCap-openTimeout forever\n")
+    with pytest.raises(usage.UsageError) as e:
+        dcap_tap.Options().parseOptions(["--batch", str(batch)])
+    assert str(e.value).startswith(f"{batch}:1: openTimeout")
