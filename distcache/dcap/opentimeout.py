@@ -12,7 +12,7 @@ enforced.  At the pass after the deadline:
 * a read already flowing is interrupted (its data connection closed): the
   real dccp cannot tell this from a network failure, so it pings the door,
   reopens and seeks back, and the copy completes;
-* a write already flowing is left alone.  dCache cuts it and leaves dccp
+* a write already flowing (any open for ``w`` or ``rw``) is left alone.  dCache cuts it and leaves dccp
   stuck; a client that is sending data is not waiting for anything, so the
   deadline no longer applies to it.
 
@@ -56,19 +56,14 @@ class OpenWatch:
         self._on_expired_reading = on_expired_reading
 
     def transfer_started(self, writing):
-        """The mover has its data connection: the open is no longer waiting."""
+        """
+        The mover has its data connection: the open is no longer waiting.
+
+        ``writing`` is true for opens that may write (``w`` and ``rw``):
+        their transfers are never cut.
+        """
         if self.phase is Phase.WAITING:
             self.phase = Phase.WRITING if writing else Phase.READING
-
-    def reading(self):
-        """A read began on a connection opened for reading and writing."""
-        if self.phase is Phase.WRITING:
-            self.phase = Phase.READING
-
-    def writing(self):
-        """A write began: from now on the deadline no longer applies."""
-        if self.phase in (Phase.WAITING, Phase.READING):
-            self.phase = Phase.WRITING
 
     def finished(self):
         """The open is over (answered, failed or its transfer ended)."""

@@ -58,15 +58,6 @@ def test_write_in_flight_is_not_cut():
     assert len(timeouts) == 0
 
 
-def test_read_write_connection_that_writes_is_not_cut():
-    clock, timeouts, rec = make(keep_alive=1)
-    w = watch(timeouts, rec, 3, 2)
-    w.transfer_started(writing=False)
-    w.writing()
-    clock.advance(3)
-    assert rec.events == []
-
-
 def test_finished_open_is_forgotten():
     clock, timeouts, rec = make(keep_alive=1)
     w = watch(timeouts, rec, 4, 1)
