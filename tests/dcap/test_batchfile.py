@@ -92,3 +92,34 @@ def test_option_line():
         "openTimeout": "300", "keepAlive": "60", "check": "strict"}
     with pytest.raises(ConfigError):
         parse_option_line("openTimeout=300", "--door-options")
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from distcache.dcap.policy import resolve_policy  # noqa: E402
+from distcache.dcap.poollist import parse_poollist  # noqa: E402
+
+WORDS = st.sampled_from([
+    "set", "context", "create", "dCap-openTimeout", "openTimeout", "dCap3-maxSendBufferSize",
+    "dCap3-defaultIoBufferSize", "dCapDoor-check", "strict", "-keepAlive=", "-openTimeout=",
+    "-check=", "diskCacheV111.doors.DCapDoor", "MultiProtocolPool2", "LoginManager",
+    '"', "\\", "#", "=", "-", "12", "-3", "x", "sticky=maybe", "tag.h=1", "\t",
+])
+
+
+@given(st.lists(st.lists(st.one_of(WORDS, st.text(max_size=6)), max_size=8), max_size=12))
+def test_random_batch_files_give_a_policy_or_a_config_error(lines):
+    text = "\n".join(" ".join(words) for words in lines)
+    try:
+        resolve_policy(parse_batch(text, "f.batch"))
+    except ConfigError as e:
+        assert str(e).startswith("f.batch:")
+
+
+@given(st.lists(st.lists(st.one_of(WORDS, st.text(max_size=6)), max_size=8), max_size=12))
+def test_random_poollists_give_a_policy_or_a_config_error(lines):
+    text = "\n".join(" ".join(words) for words in lines)
+    try:
+        resolve_policy(poollist=parse_poollist(text, "p.poollist"))
+    except ConfigError as e:
+        assert str(e).startswith("p.poollist:")

@@ -143,3 +143,13 @@ def test_real_sockets_exhaust_and_release():
     assert alloc.in_use == frozenset()
     port, listener = alloc.listen(bind)
     yield listener.stopListening()
+
+
+@given(st.text(max_size=40))
+def test_random_range_text_parses_or_is_refused_clearly(text):
+    try:
+        r = PortRange.parse(text, "--portrange")
+    except ConfigError as e:
+        assert str(e).startswith("--portrange: ")
+    else:
+        assert 1 <= r.low <= r.high <= 65535
