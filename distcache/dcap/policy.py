@@ -11,7 +11,9 @@ options.  Precedence follows dCache where dCache defines one:
 * openTimeout: context ``dCap-openTimeout`` < context ``openTimeout`` <
   the door's ``-openTimeout`` < the twistd ``--open-timeout`` (the same
   level, spelt as an option) < the client's ``-timeout`` on each open;
-* keepAlive and check: the door's create-line option < the twistd option.
+* keepAlive: the door's create-line option < the twistd option;
+* check: context ``dCapDoor-check`` < the door's ``-check`` < the twistd
+  option.
 
 The TCP buffer functions here are what the mover uses for each transfer:
 ``transfer_buffers`` clamps what the client asked for and ``apply_buffers``

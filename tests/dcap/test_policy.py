@@ -223,3 +223,11 @@ def test_policy_is_immutable_and_picklable():
         policy.pool_buffers[0] = ("q", BufferLimits())
     assert isinstance(policy, DcapPolicy)
     assert pickle.loads(pickle.dumps(policy)) == policy
+
+
+def test_check_precedence_context_door_cli():
+    batch = parse_batch("set context dCapDoor-check strict\n")
+    assert resolve_policy(batch).strict_check
+    assert not resolve_policy(batch, door_options=parse_option_line("-check=fuzzy", "x")).strict_check
+    assert resolve_policy(batch, door_options=parse_option_line("-check=fuzzy", "x"),
+                          explicit=cli(check="strict")).strict_check
