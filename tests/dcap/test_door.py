@@ -1,5 +1,8 @@
 """The door's control protocol on a StringTransport, over a real namespace in tmp."""
 
+import struct
+import zlib
+
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -182,3 +185,82 @@ def test_client_version_range(pool):
     assert refused.transport.disconnecting
     old = Client(pool, hello=False, client_version_max=(2, 46))
     assert old.send(HELLO % (0, 0)) == []
+
+
+# -- opens, end to end in memory: the door's listener factory serves the data channel
+
+from distcache.dcap import mover_codec as mc  # noqa: E402
+
+
+def data_channel_for(client, connect_line):
+    """Play the client's data connection on the port the door opened."""
+    words = connect_line.split()
+    assert words[3] == "connect"
+    port_info = client.factory.reactor.tcpServers[-1]
+    factory, interface = port_info[1], port_info[3]
+    channel = factory.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(mc.encode_hello(int(words[0]), words[6].encode("ascii")))
+    return channel, transport, interface, words
+
+
+def test_connect_reply_names_the_address_the_client_used(pool):
+    put(pool, "/f", b"hello")
+    c = Client(pool)
+    line = c.ask('2 0 client open "%s" r h 1 -timeout=-1 -onerror=default -uid=0' % url("/f"))
+    channel, transport, interface, words = data_channel_for(c, line)
+    local = c.transport.getHost().host
+    assert words[4] == local and interface == local
+    assert len(words[6]) >= 40
+    c.transport.clear()
+    channel.dataReceived(mc.encode_read(1048570) + mc.encode_close())
+    assert mc.DATA_HEADER + struct.pack(">i", 5) + b"hello" in transport.value()
+    assert c.transport.value() == b"2 0 client ok\n"
+
+
+def test_connect_host_for_nat(pool):
+    put(pool, "/f", b"x")
+    c = Client(pool, connect_host="door.example.org")
+    line = c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/f"))
+    channel, transport, interface, words = data_channel_for(c, line)
+    assert words[4] == "door.example.org" and interface == ""
+
+
+def test_write_commits_on_close_and_reports_ok(pool):
+    c = Client(pool, access=Access.FULL)
+    line = c.ask('2 0 client open "%s" w -mode=0600 -truncate h 1 -uid=0' % url("/new"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_write() + mc.encode_data(b"payload"))
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/new", ROOT)  # not visible before CLOSE
+    channel.dataReceived(mc.encode_close(zlib.adler32(b"payload")))
+    assert c.transport.value() == b"2 0 client ok\n"
+    entry = pool.namespace.lookup("/new", ROOT)
+    assert entry.size == 7 and entry.mode == 0o600
+
+
+def test_rw_open_modifies_in_place_when_truncation_is_allowed(pool):
+    put(pool, "/f", b"0123456789")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    line = c.ask('2 0 client open "%s" rw -truncate h 1 -uid=0' % url("/f"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_seek_and_write(2, mc.SEEK_SET) + mc.encode_data(b"ab") + mc.encode_close())
+    assert c.transport.value() == b"2 0 client ok\n"
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"01ab456789"
+
+
+def test_control_eof_kills_the_mover_and_discards_the_write(pool):
+    put(pool, "/f", b"old")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    line = c.ask('2 0 client open "%s" w -truncate h 1 -uid=0' % url("/f"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    channel.dataReceived(mc.encode_write() + mc.DATA_HEADER + struct.pack(">i", 100) + b"partial")
+    c.proto.connectionLost(None)
+    assert transport.disconnecting or transport.disconnected
+    assert c.proto.sessions == {}
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"old"
