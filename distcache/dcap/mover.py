@@ -79,6 +79,11 @@ class Transfer:
         self._fpos = -1
         self._done = False
 
+    @property
+    def ended(self) -> bool:
+        """True once the outcome is decided (finished fired)."""
+        return self._done
+
     # -- file access ---------------------------------------------------
 
     @property
@@ -245,6 +250,9 @@ class DataChannel(Protocol):
 
     def connectionMade(self) -> None:
         if self.transfer is not None:
+            if self.transfer.ended:  # ended while the connection was being made
+                self.transport.abortConnection()
+                return
             self._attach(self.transfer)
             self.transport.write(mc.client_hello(self.transfer.sid))
 
@@ -389,7 +397,7 @@ class DataChannel(Protocol):
         transfer.finish(None)
 
     def connectionLost(self, reason) -> None:
-        if self.transfer is not None and not self.transfer._done:
+        if self.transfer is not None and not self.transfer.ended:
             if self.transfer.writable:
                 log.warn("data connection of session {sid} ({label}) lost before CLOSE: write discarded",
                          sid=self.transfer.sid, label=self.transfer.label)
@@ -468,7 +476,3 @@ class PassiveMoverFactory(Factory):
 
     def buildProtocol(self, addr):
         return DataChannel(verify=self.verify)
-
-
-def hello_of(sid: int, challenge: str) -> bytes:
-    return mc.encode_hello(sid, challenge.encode("ascii"))

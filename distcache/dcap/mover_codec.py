@@ -283,10 +283,6 @@ def seek_ack(position: int) -> bytes:
     return _block(struct.pack(">iiiq", ACK, SEEK, 0, position))
 
 
-def seek_ack_for(cmd: int, position: int) -> bytes:
-    return _block(struct.pack(">iiiq", ACK, cmd, 0, position))
-
-
 def locate_ack(size: int, position: int) -> bytes:
     return _block(struct.pack(">iiiqq", ACK, LOCATE, 0, size, position))
 

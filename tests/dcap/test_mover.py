@@ -228,3 +228,14 @@ def test_passive_factory_checks_sid_and_challenge_once():
     assert t.value() == b""
     ch.dataReceived(mc.encode_hello(9, b"wrong!"))
     assert t.disconnecting
+
+
+def test_a_connect_back_that_arrives_after_the_transfer_ended_is_dropped():
+    tr = read_transfer(b"late")
+    tr.finished.addErrback(lambda f: None)
+    tr.kill("control connection closed")
+    ch = DataChannel(transfer=tr)
+    t = StringTransport()
+    ch.makeConnection(t)
+    assert t.value() == b""
+    assert t.disconnecting or t.disconnected
