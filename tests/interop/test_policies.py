@@ -23,7 +23,7 @@ from distcache.dcap.pool import open_pool
 from interop_support import Door, dccp
 from rawclient import ControlClient
 
-STAGE_DELAY = 2.0
+STAGE_DELAY = 3.0
 TIMEOUT_MESSAGE = "User timeout canceled session"
 
 
@@ -107,9 +107,10 @@ def read_via_dccp(door, path, dest, *flags):
 
 DATA = payload(300_000)
 
-# Each level set so that it contradicts the level below it; the stage takes
-# STAGE_DELAY seconds, so a 1 s timeout fails with rc 112 and a 30 s one
-# lets the copy complete.
+# Each level set so that it contradicts the level below it.  The stage takes
+# STAGE_DELAY seconds; a 1 s timeout is enforced by the first keep-alive pass
+# after it (at most 2 s after the open), so it fails with rc 112 well before
+# the stage ends, and a 30 s one lets the copy complete.
 LEVELS = {
     "context dCap-openTimeout": (
         "set context dCap-openTimeout 1\n", [], [], False),
@@ -297,12 +298,12 @@ def test_check_with_dccp_P_t_minus_1(running, tmp_path, mode):
 def test_stage_answers_at_once_and_check_follows(running, tmp_path):
     setup = Setup(tmp_path)
     setup.put("/c/tape", DATA, state="tape")
-    setup.tape_backend(stage_delay=1.0)
+    setup.tape_backend()
     door = start(running, setup, "--check", "strict")
     started = time.monotonic()
     rc, out = dccp("-P", door.url("/c/tape"), timeout=30)
     assert rc == 0, out
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < STAGE_DELAY - 1
     rc, out = dccp("-P", "-t", "-1", door.url("/c/tape"), timeout=30)
     assert rc == 255 and "not cached" in out, out
     deadline = time.monotonic() + 10
