@@ -14,6 +14,8 @@ mover stops reading requests.
 from __future__ import annotations
 
 import hmac
+import io
+import os
 import secrets
 import zlib
 from typing import Callable, Optional
@@ -228,6 +230,128 @@ class _ReadStream:
         self.channel.streamDone()
 
 
+class _SendfileStream:
+    """Send file ranges as DATA blocks with os.sendfile: no copy through Python.
+
+    Used for reads of stored files when the transport's own buffer is empty.
+    While it runs the stream is the socket's only writer (the channel has
+    paused reading and writes nothing else), registered with the reactor
+    under the socket's descriptor; small framing bytes go out with plain
+    sends.  A socket error aborts the connection like any transport error.
+    """
+
+    def __init__(self, channel: "DataChannel", ranges, cmd: int):
+        self.channel = channel
+        self.transport = channel.transport
+        self.reactor = channel.transport.reactor
+        self.sock = channel.transport.socket
+        self.file_fd = channel.transfer.source.fileno()
+        self.ranges = list(ranges)
+        self.cmd = cmd
+        self.pending = mc.ack(cmd) + mc.DATA_HEADER
+        self.block_left = 0  # bytes of the current block still to send
+        self.stopped = False
+        self.registered = False
+
+    @staticmethod
+    def usable(channel: "DataChannel") -> bool:
+        """True when the read can bypass the transport's buffer."""
+        t = channel.transport
+        source = channel.transfer.source
+        if not hasattr(os, "sendfile") or channel.transfer.upload is not None:
+            return False
+        if getattr(t, "socket", None) is None or getattr(t, "reactor", None) is None:
+            return False
+        if not hasattr(source, "fileno") or isinstance(source, io.BytesIO):
+            return False
+        # Everything written earlier must be out, or bytes would be reordered.
+        return not t.dataBuffer[t.offset:] and not getattr(t, "_tempDataBuffer", True)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "DataChannel sendfile"
+
+    def start(self) -> None:
+        self.channel.stream = self
+        self.doWrite()
+
+    def doWrite(self):
+        transfer = self.channel.transfer
+        try:
+            while not self.stopped:
+                if self.pending:
+                    n = self.sock.send(self.pending)
+                    self.pending = self.pending[n:]
+                    continue
+                if self.block_left:
+                    offset, count = self.ranges[0]
+                    n = os.sendfile(self.sock.fileno(), self.file_fd, offset, self.block_left)
+                    if n == 0:
+                        raise OSError("file ended %d bytes early" % (self.block_left,))
+                    self.block_left -= n
+                    self.ranges[0] = (offset + n, count - n)
+                    transfer.position = offset + n
+                    transfer.bytes_out += n
+                    if not self.block_left and count - n <= 0:
+                        self.ranges.pop(0)
+                    continue
+                if not self.ranges:
+                    self._finish()
+                    return None
+                offset, count = self.ranges[0]
+                n = min(count, max(0, transfer.size - offset), transfer.block_size)
+                if n <= 0:
+                    self.ranges.pop(0)
+                    continue
+                self.block_left = n
+                self.pending = mc.block_header(n)
+        except BlockingIOError:
+            self._wait()
+            return None
+        except OSError as e:
+            log.warn("data connection of session {sid} failed while sending: {error}",
+                     sid=transfer.sid, error=e)
+            self.stop()
+            self.transport.abortConnection()
+        return None
+
+    def _wait(self) -> None:
+        if not self.registered:
+            self.registered = True
+            self.reactor.addWriter(self)
+
+    def _finish(self) -> None:
+        self.pending = mc.DATA_END + mc.fin(self.cmd)
+        try:
+            n = self.sock.send(self.pending)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.stop()
+            self.transport.abortConnection()
+            return
+        rest = self.pending[n:]
+        self.stop()
+        if rest:
+            self.transport.write(rest)
+        self.channel.stream = None
+        self.channel.streamDone()
+
+    def stop(self) -> None:
+        """Leave the reactor; after this the stream never touches the socket."""
+        self.stopped = True
+        if self.registered:
+            self.registered = False
+            self.reactor.removeWriter(self)
+
+    def connectionLost(self, reason) -> None:
+        self.stopped = True
+        self.registered = False
+        self.transport.abortConnection()
+
+
 class DataChannel(Protocol):
     """Serve one client's IOCMDs for one transfer.
 
@@ -247,6 +371,7 @@ class DataChannel(Protocol):
         self._write_error: Optional[TransferError] = None
         self._write_cmd = mc.WRITE
         self._closed = False
+        self.stream: Optional[_SendfileStream] = None
 
     def connectionMade(self) -> None:
         if self.transfer is not None:
@@ -336,9 +461,7 @@ class DataChannel(Protocol):
             if any(o < 0 or n < 0 for o, n in ranges):
                 t.write(mc.ack_error(mc.READV, RC_ILLEGAL, "negative offset or length"))
                 return
-            self._busy = True
-            t.pauseProducing()
-            _ReadStream(self, ranges, mc.READV).start()
+            self._stream(mc.READV, ranges)
         elif isinstance(event, (mc.Write, mc.SeekAndWrite)):
             cmd = mc.WRITE if isinstance(event, mc.Write) else mc.SEEK_AND_WRITE
             if not transfer.writable:
@@ -373,9 +496,16 @@ class DataChannel(Protocol):
             self.transport.write(mc.ack_error(cmd, RC_ILLEGAL, "negative read size"))
             return
         count = max(0, min(count, self.transfer.size - offset))
+        self._stream(cmd, [(offset, count)])
+
+    def _stream(self, cmd: int, ranges) -> None:
+        """Answer a read: ACK, DATA blocks, end, FIN; requests wait meanwhile."""
         self._busy = True
         self.transport.pauseProducing()
-        _ReadStream(self, [(offset, count)], cmd).start()
+        if _SendfileStream.usable(self):
+            _SendfileStream(self, ranges, cmd).start()
+        else:
+            _ReadStream(self, ranges, cmd).start()
 
     def _close(self, adler32: Optional[int]) -> None:
         transfer = self.transfer
@@ -397,6 +527,9 @@ class DataChannel(Protocol):
         transfer.finish(None)
 
     def connectionLost(self, reason) -> None:
+        if self.stream is not None:
+            self.stream.stopped = True  # the reactor already forgot it with the socket
+            self.stream = None
         if self.transfer is not None and not self.transfer.ended:
             if self.transfer.writable:
                 log.warn("data connection of session {sid} ({label}) lost before CLOSE: write discarded",

@@ -162,3 +162,48 @@ def test_bad_lines_and_unknown_commands(door):
     assert c.ask("not a line").startswith("protocol violation: ")
     assert c.line() == ""
     c.close()
+
+
+def test_large_read_to_a_slow_reader_arrives_whole(door):
+    payload = os.urandom(6 * (1 << 20) + 123)
+    door.put("/slow/big", payload)
+    c = ControlClient(door.port)
+    line = c.ask('1 0 client open "%s" r -passive localhost 0 -uid=0' % door.url("/slow/big"))
+    d = DataClient(line, 1)
+    d.send(mc.encode_read(len(payload)) + mc.encode_close())
+    time.sleep(0.3)  # let the mover fill the socket buffers and wait for room
+    assert d.reply()[:3] == (mc.ACK, mc.READ, 0)
+    assert d.data() == payload
+    assert d.reply()[:3] == (mc.FIN, mc.READ, 0)
+    assert d.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    assert c.line() == "1 0 client ok"
+    c.close()
+
+
+def test_client_death_during_a_blocked_read_leaves_the_door_serving(door):
+    payload = os.urandom(32 * (1 << 20))
+    door.put("/slow/dead", payload)
+    c = ControlClient(door.port)
+    line = c.ask('1 0 client open "%s" r -passive localhost 0 -uid=0' % door.url("/slow/dead"))
+    d = DataClient(line, 1)
+    d.send(mc.encode_read(len(payload)))
+    time.sleep(0.2)
+    c.close()
+    assert _closed_by_peer_after_draining(d.sock)
+    again = ControlClient(door.port)
+    assert again.ask('2 0 client stat "%s" -uid=0' % door.url("/slow/dead")).startswith(
+        "2 0 client stat -st_size=%d " % len(payload))
+    again.close()
+
+
+def _closed_by_peer_after_draining(sock):
+    total = 0
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+    except ConnectionResetError:
+        pass
+    return total < 32 * (1 << 20)
