@@ -264,3 +264,55 @@ def test_control_eof_kills_the_mover_and_discards_the_write(pool):
     assert c.proto.sessions == {}
     with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
         assert f.read() == b"old"
+
+
+# -- golden: the real dccp's control lines from the transcript, replayed
+
+from pathlib import Path  # noqa: E402
+
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "vectors" / "dccp-2.47.14-transcript.txt"
+
+
+def _transcript_connections():
+    """[(connect_back, [client lines], [door replies])] per control connection."""
+    connections, connect_back = [], False
+    for raw in TRANSCRIPT.read_text(encoding="ascii").splitlines():
+        if raw.startswith("listening "):
+            connect_back = raw.split()[1] == "22126"
+        elif raw.startswith("CTL connect from"):
+            connections.append((connect_back, [], []))
+        elif raw.startswith("CTL<- '"):
+            connections[-1][1].append(raw[len("CTL<- '"):-1])
+        elif raw.startswith("CTL-> ") and not raw.startswith("CTL-> ok for"):
+            connections[-1][2].append(raw[len("CTL-> "):])
+    return connections
+
+
+def _same_shape(ours, theirs):
+    o, t = ours.split(), theirs.split()
+    assert o[:4] == t[:4], (ours, theirs)
+    kind = t[3]
+    if kind in ("welcome", "ok"):
+        assert ours == theirs
+    elif kind == "stat":
+        assert o[:7] == t[:7] and "-st_mode=-rw-r--r--" in o
+    elif kind == "connect":
+        assert len(o) == len(t) == 7 and o[5].isdigit() and len(o[6]) >= 40
+    elif kind == "failed":
+        assert o[4] == t[4] and o[-1] == t[-1], (ours, theirs)
+
+
+def test_replays_the_real_client_transcript(pool):
+    pool.namespace.mkdir("/pnfs", ROOT, 0o755)
+    put(pool, "/pnfs/x", b"x" * 17000)
+    connections = _transcript_connections()
+    assert len(connections) >= 10
+    for connect_back, requests, replies in connections:
+        c = Client(pool, hello=False, access=Access.FULL, allow_truncate=True, connect_back=connect_back)
+        ours = []
+        for line in requests:
+            ours += c.send(line.encode("ascii") + b"\n")
+        assert len(ours) == len(replies), (requests, ours, replies)
+        for mine, theirs in zip(ours, replies):
+            _same_shape(mine, theirs)
+        c.proto.connectionLost(None)

@@ -1,6 +1,8 @@
 """The data-channel parser and reply writer, byte for byte against the spec's worked example."""
 
+import re
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -144,3 +146,29 @@ def test_garbage_raises_only_protocol_error(hello, data, writing):
         drain(p, begin_data_after_write=writing)
     except ProtocolError:
         pass
+
+
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "vectors" / "dccp-2.47.14-transcript.txt"
+_KINDS = {mc.READ: mc.Read, mc.CLOSE: mc.Close, mc.WRITE: mc.Write, mc.SEEK_AND_READ: mc.SeekAndRead}
+
+
+def test_every_data_request_of_the_real_client_parses():
+    seen = []
+    for line in TRANSCRIPT.read_text(encoding="ascii").splitlines():
+        m = re.match(r"DATA cmd size (\d+) code (\d+) raw ([0-9a-f]+)$", line)
+        if m:
+            size, code, raw = int(m.group(1)), int(m.group(2)), bytes.fromhex(m.group(3))
+            p = RequestParser(expect_hello=False)
+            p.receive_data(struct.pack(">i", size) + raw)
+            event = p.next_event()
+            assert isinstance(event, _KINDS[code]), line
+            assert p.next_event() is NEED_DATA
+            seen.append(event)
+        m = re.match(r"DATA handshake sid (\d+) challen (\d+) challenge b'([^']*)'", line)
+        if m:
+            p = RequestParser(expect_hello=True)
+            p.receive_data(struct.pack(">ii", int(m.group(1)), int(m.group(2))) + m.group(3).encode("ascii"))
+            assert p.next_event() == mc.Hello(int(m.group(1)), m.group(3).encode("ascii"))
+    assert mc.Read(1048570) in seen
+    assert mc.Close(0x2DFFA3CC) in seen
+    assert mc.SeekAndRead(0x4257, mc.SEEK_SET, 1 << 20) in seen
