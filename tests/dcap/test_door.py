@@ -316,3 +316,37 @@ def test_replays_the_real_client_transcript(pool):
         for mine, theirs in zip(ours, replies):
             _same_shape(mine, theirs)
         c.proto.connectionLost(None)
+
+
+# -- fuzzing: whatever a client sends, the door answers in ASCII or closes, never crashes
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_COMMANDS = ["stat", "lstat", "open", "check", "stage", "unlink", "rmdir", "mkdir", "chmod", "chown",
+             "chgrp", "rename", "opendir", "ping", "status", "hello", "frob"]
+_path = st.lists(st.sampled_from(["a", "b", "..", ".", "%2e%2e", "%00", "%ff", "caf%C3%A9", "x:y", "", "%22"]),
+                 max_size=4).map(lambda parts: "dcap://h:1/" + "/".join(parts))
+_option = st.tuples(st.sampled_from(["uid", "gid", "mode", "owner", "group", "truncate", "passive", "timeout"]),
+                    st.one_of(st.none(), st.sampled_from(["0", "-1", "493", "0x1ff", "12:34", "abc", "99999999999"])))
+_word = st.one_of(_path.map(lambda p: '"%s"' % p), st.sampled_from(["r", "w", "rw", "x", "h", "0", "1", '""']),
+                  _option.map(lambda kv: "-%s" % kv[0] if kv[1] is None else "-%s=%s" % kv))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(_COMMANDS), st.lists(_word, max_size=6)),
+                max_size=8),
+       st.binary(max_size=60))
+def test_random_requests_get_ascii_replies_and_no_internal_errors(pool, requests, garbage):
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    lines = [" ".join([str(sid), "0", "client", cmd] + words).encode("ascii") for sid, cmd, words in requests]
+    out = b""
+    for line in lines + [garbage.replace(b"\n", b" ")]:
+        c.transport.clear()
+        c.proto.dataReceived(line + b"\n")
+        out = c.transport.value()
+        assert all(b < 128 for b in out)
+        assert all(len(reply) < 4096 for reply in out.split(b"\n"))
+        assert b"internalError : request failed" not in out
+        if c.transport.disconnecting:
+            break
+    c.proto.connectionLost(None)
