@@ -182,16 +182,13 @@ class DoorProtocol(LineOnlyReceiver):
 
     def do_hello(self, r: Request):
         args = r.args
-        major = args[2] if len(args) > 2 else "0"
-        minor = args[3] if len(args) > 3 else "0"
-        try:
-            version = tuple(int(x) for x in args[2:5])
-        except ValueError:
-            version = ()
+        version = tuple(int(x) if x.isdigit() and x.isascii() else 0 for x in args[2:5])
+        major = str(version[0]) if len(version) > 0 else "0"
+        minor = str(version[1]) if len(version) > 1 else "0"
         cfg = self.config
         if (cfg.client_version_min and version < cfg.client_version_min) or \
                 (cfg.client_version_max and version[:len(cfg.client_version_max)] > cfg.client_version_max):
-            log.warn("client version {version} from {peer} refused", version=".".join(args[2:5]),
+            log.warn("client version {version} from {peer} refused", version=".".join(map(str, version)),
                      peer=self.peer)
             self.closed = True
             self.transport.loseConnection()

@@ -350,3 +350,8 @@ def test_random_requests_get_ascii_replies_and_no_internal_errors(pool, requests
         if c.transport.disconnecting:
             break
     c.proto.connectionLost(None)
+
+
+def test_hello_with_odd_version_words_still_gets_an_ascii_welcome(pool):
+    c = Client(pool, hello=False)
+    assert c.send(b'0 0 client hello 0 0 \xe9 x 1 "" -uid=0\n') == ["0 0 server welcome 0 0"]
