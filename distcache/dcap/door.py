@@ -18,6 +18,7 @@ from typing import Dict, Optional, Tuple
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.basic import LineOnlyReceiver
 
 from distcache.dcap import control
@@ -303,7 +304,10 @@ class DoorProtocol(LineOnlyReceiver):
             self._watch(r, session)
             self.sessions[r.sid] = session
             if pool.is_cached(entry):
-                self._open_read(r, session, entry)
+                try:
+                    self._open_read(r, session, entry)
+                except Exception:
+                    self._open_failed(Failure(), r, session)
             else:
                 d = pool.stage(entry)
                 d.addCallback(lambda fresh: self._open_read(r, session, fresh))

@@ -355,3 +355,18 @@ def test_random_requests_get_ascii_replies_and_no_internal_errors(pool, requests
 def test_hello_with_odd_version_words_still_gets_an_ascii_welcome(pool):
     c = Client(pool, hello=False)
     assert c.send(b'0 0 client hello 0 0 \xe9 x 1 "" -uid=0\n') == ["0 0 server welcome 0 0"]
+
+
+def test_an_open_whose_data_vanished_fails_and_frees_its_session(pool, monkeypatch):
+    put(pool, "/f", b"data")
+    c = Client(pool)
+
+    def vanished(entry):
+        raise OSError("disk copy unreadable")
+
+    monkeypatch.setattr(pool, "open_read", vanished)
+    line = c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/f"))
+    assert line.startswith('2 0 client failed 5 "internalError : ')
+    assert c.proto.sessions == {}
+    monkeypatch.undo()
+    assert c.ask('2 0 client stat "%s" -uid=0' % url("/f")).startswith("2 0 client stat ")
