@@ -175,3 +175,26 @@ def _adler_of_zeros(n):
     for _ in range(n >> 20):
         value = zlib.adler32(block, value)
     return value
+
+
+def test_client_active_false_still_obeys_a_connect_reply(door, tmp_path):
+    door.put("/ca/x", b"server passive by default")
+    before = len(_connect_backs(door))
+    rc, out = dccp(door.url("/ca/x"), tmp_path / "x", env={"DCACHE_CLIENT_ACTIVE": "false"})
+    assert rc == 0, out
+    assert (tmp_path / "x").read_bytes() == b"server passive by default"
+    assert len(_connect_backs(door)) == before
+    assert re.search(r"open r /ca/x -timeout=-1 -onerror=default -uid=\d+", door.log_text())
+
+
+def test_readonly_door_serves_reads_and_refuses_writes(doors, tmp_path):
+    door = doors()  # default: --anonymous-access READONLY
+    door.put("/ro/x", b"readable")
+    rc, out = dccp(door.url("/ro/x"), tmp_path / "x")
+    assert rc == 0, out
+    src = tmp_path / "src"
+    src.write_bytes(b"nope")
+    rc, out = dccp(src, door.url("/ro/y"))
+    assert rc == 255
+    assert "Permission denied" in out
+    assert not _exists(door, "/ro/y")
