@@ -42,25 +42,32 @@ class Door:
 
     def __init__(self, tmp, *options):
         self.root = os.path.join(tmp, "root")
-        self.log = os.path.join(tmp, "door.log")
-        self.port = free_low_port()
+        self.pool = None
+        for attempt in range(5):
+            self.log = os.path.join(tmp, "door-%d.log" % attempt)
+            self.port = free_low_port()
+            if self._start(tmp, options):
+                return
+        raise RuntimeError("door did not start: " + self.log_text())
+
+    def _start(self, tmp, options):
+        """Run twistd; True once it logs that it listens, False if it exits first."""
         env = dict(os.environ)
         env["PYTHONPATH"] = WORKTREE + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "-l", self.log,
-             "dcap-door", "--listen", "tcp:%d:interface=127.0.0.1" % self.port,
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "-l", self.log, "dcap-door", "--listen", "tcp:%d:interface=127.0.0.1" % self.port,
              "--root", self.root, "--no-fsync"] + list(options),
             cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("door did not start: " + self.log_text())
-                time.sleep(0.05)
-        self.pool = None
+        deadline = time.monotonic() + 30
+        while "DCAP door listening on" not in self.log_text():
+            if self.proc.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("door did not start: " + self.log_text())
+            time.sleep(0.05)
+        return True
 
     def url(self, path):
         return "dcap://127.0.0.1:%d%s" % (self.port, path)
