@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
@@ -95,6 +95,7 @@ class DoorProtocol(LineOnlyReceiver):
 
     def __init__(self):
         self.sessions: Dict[int, Session] = {}
+        self.waiting: Set[int] = set()  # session ids whose store answer is pending
         self.welcomed = False
         self.uid = -1
         self.gid = -1
@@ -153,16 +154,32 @@ class DoorProtocol(LineOnlyReceiver):
             self._send(control.failed(r.sid, r.cid, RC_BAD_COMMAND,
                                       "protocolViolation : Invalid command '%s'" % (r.command,)))
             return
-        if r.command not in ("ping", "byebye", "status") and r.sid in self.sessions:
+        if r.command not in ("ping", "byebye", "status") and (r.sid in self.sessions or r.sid in self.waiting):
             self._send(control.failed(r.sid, r.cid, RC_INTERNAL,
                                       "internalError : Duplicated session id"))
             return
         try:
-            handler(r)
+            result = handler(r)
         except DcapError as e:
             self._fail(r, e.rc, e.message, e.posix)
+            return
         except BadURL as e:
             self._fail(r, RC_BAD_PATH, "Invalid path: %s" % (e,), "EINVAL")
+            return
+        if isinstance(result, defer.Deferred):
+            # a store that answers later: keep the id taken until it has
+            self.waiting.add(r.sid)
+            result.addErrback(self._late_failure, r)
+            result.addBoth(lambda _: self.waiting.discard(r.sid))
+
+    def _late_failure(self, failure, r: Request):
+        if failure.check(DcapError):
+            e = failure.value
+            self._fail(r, e.rc, e.message, e.posix)
+        else:
+            log.failure("request {command} of session {sid} failed", failure,
+                        command=r.command, sid=r.sid)
+            self._send(control.failed(r.sid, r.cid, RC_INTERNAL, "internalError : request failed"))
 
     def _fail(self, r: Request, rc: int, message: str, posix: Optional[str] = None):
         log.info("session {sid} {command} failed: {rc} {message}", sid=r.sid, command=r.command,
@@ -213,33 +230,31 @@ class DoorProtocol(LineOnlyReceiver):
     # -- namespace requests ---------------------------------------------
 
     def do_stat(self, r: Request):
-        e = self.factory.namespace.lookup(self.path(r), self.subject(r))
-        self._send(control.stat_reply(
-            r.sid, r.cid, size=e.size, uid=e.uid, gid=e.gid, atime=e.atime, mtime=e.mtime,
-            ctime=e.ctime, kind="dir" if e.is_dir else "file", mode=e.mode, ino=e.ino,
-            nlink=2 if e.is_dir else 1))
+        def reply(e):
+            self._send(control.stat_reply(
+                r.sid, r.cid, size=e.size, uid=e.uid, gid=e.gid, atime=e.atime, mtime=e.mtime,
+                ctime=e.ctime, kind="dir" if e.is_dir else "file", mode=e.mode, ino=e.ino,
+                nlink=2 if e.is_dir else 1))
+        return _then(self.factory.namespace.lookup(self.path(r), self.subject(r)), reply)
 
     do_lstat = do_stat
 
     def do_mkdir(self, r: Request):
         mode = control.decode_mode(r.option("mode"), 0o755) & 0o7777
-        self.factory.namespace.mkdir(self.path(r), self.subject(r), mode)
-        self._ok(r)
+        return self._ok_after(self.factory.namespace.mkdir(self.path(r), self.subject(r), mode), r)
 
     def do_rmdir(self, r: Request):
-        self.factory.namespace.rmdir(self.path(r), self.subject(r))
-        self._ok(r)
+        return self._ok_after(self.factory.namespace.rmdir(self.path(r), self.subject(r)), r)
 
     def do_unlink(self, r: Request):
-        self.factory.pool.unlink(self.path(r), self.subject(r))
-        self._ok(r)
+        return self._ok_after(self.factory.pool.unlink(self.path(r), self.subject(r)), r)
 
     def do_chmod(self, r: Request):
         mode = control.decode_mode(r.option("mode"), -1)
         if mode < 0:
             raise DcapError(RC_BAD_PATH, "chmod needs -mode", "EINVAL")
-        self.factory.namespace.chmod(self.path(r), self.subject(r), mode & 0o7777)
-        self._ok(r)
+        return self._ok_after(
+            self.factory.namespace.chmod(self.path(r), self.subject(r), mode & 0o7777), r)
 
     def do_chown(self, r: Request):
         owner = r.option("owner") or ""
@@ -249,40 +264,49 @@ class DoorProtocol(LineOnlyReceiver):
             gid = int(gid_text) if gid_text else None
         except ValueError:
             raise DcapError(RC_BAD_PATH, "chown needs -owner=UID[:GID]", "EINVAL") from None
-        self.factory.namespace.chown(self.path(r), self.subject(r), uid, gid)
-        self._ok(r)
+        return self._ok_after(
+            self.factory.namespace.chown(self.path(r), self.subject(r), uid, gid), r)
 
     def do_chgrp(self, r: Request):
         try:
             gid = int(r.option("group") or "")
         except ValueError:
             raise DcapError(RC_BAD_PATH, "chgrp needs -group=GID", "EINVAL") from None
-        self.factory.namespace.chgrp(self.path(r), self.subject(r), gid)
-        self._ok(r)
+        return self._ok_after(self.factory.namespace.chgrp(self.path(r), self.subject(r), gid), r)
 
     def do_rename(self, r: Request):
         new = self.path(r, 1)
-        self.factory.namespace.rename(self.path(r), new, self.subject(r))
-        self._ok(r)
+        return self._ok_after(self.factory.namespace.rename(self.path(r), new, self.subject(r)), r)
 
     def do_check(self, r: Request):
-        try:
-            entry = self.factory.namespace.lookup(self.path(r), self.subject(r))
-        except DcapError as e:
-            if e.rc in (2, 10001):
-                raise DcapError(RC_NOT_CACHED, "File is not cached") from None
-            raise
-        if entry.is_file and not self.factory.has_disk_copy(entry):
-            raise DcapError(RC_NOT_CACHED, "File is not cached")
-        self._ok(r)
+        def missing(failure):
+            failure.trap(DcapError)
+            if failure.value.rc in (2, 10001):  # dccp reads any rc 4 as "not cached"
+                raise DcapError(RC_NOT_CACHED, "File is not cached")
+            return failure
+
+        def judge(entry):
+            if entry.is_file and not self.factory.has_disk_copy(entry):
+                raise DcapError(RC_NOT_CACHED, "File is not cached")
+            self._ok(r)
+
+        d = defer.maybeDeferred(self.factory.namespace.lookup, self.path(r), self.subject(r))
+        d.addErrback(missing)
+        d.addCallback(judge)
+        return d
 
     def do_stage(self, r: Request):
-        entry = self.factory.namespace.lookup(self.path(r), self.subject(r))
-        if not entry.is_file:
-            raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
-        d = self.factory.pool.stage(entry)
-        d.addErrback(lambda f: log.failure("staging {path} failed", f, path=entry.path))
-        self._ok(r)
+        def start(entry):
+            if not entry.is_file:
+                raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
+            d = self.factory.pool.stage(entry)
+            d.addErrback(lambda f: log.failure("staging {path} failed", f, path=entry.path))
+            self._ok(r)
+        return _then(self.factory.namespace.lookup(self.path(r), self.subject(r)), start)
+
+    def _ok_after(self, result, r: Request):
+        """`ok` once result (a value, or a Deferred from a remote store) is in."""
+        return _then(result, lambda _: self._ok(r))
 
     def _ok(self, r: Request):
         self._send(control.ok(r.sid, r.cid))
@@ -300,19 +324,8 @@ class DoorProtocol(LineOnlyReceiver):
         log.info("session {sid} open {mode} {path} {options}", sid=r.sid, mode=mode, path=path,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
         if mode == "r":
-            entry = self.factory.namespace.open_read(path, subject)
-            self._watch(r, session)
-            self.sessions[r.sid] = session
-            if pool.is_cached(entry):
-                try:
-                    self._open_read(r, session, entry)
-                except Exception:
-                    self._open_failed(Failure(), r, session)
-            else:
-                d = pool.stage(entry)
-                d.addCallback(lambda fresh: self._open_read(r, session, fresh))
-                d.addErrback(self._open_failed, r, session)
-            return
+            return _then(self.factory.namespace.open_read(path, subject),
+                         lambda entry: self._open_readable(r, session, entry))
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
         upload = pool.open_write(path, subject, create_mode, replace=replace,
@@ -329,6 +342,20 @@ class DoorProtocol(LineOnlyReceiver):
             r.sid, r.option("timeout"),
             lambda: self.expire_session(r.sid),
             lambda: self.interrupt_read(r.sid))
+
+    def _open_readable(self, r: Request, session: Session, entry):
+        """The client may read entry: start its mover, staging it first if needed."""
+        self._watch(r, session)
+        self.sessions[r.sid] = session
+        if self.factory.pool.is_cached(entry):
+            try:
+                self._open_read(r, session, entry)
+            except Exception:
+                self._open_failed(Failure(), r, session)
+        else:
+            d = self.factory.pool.stage(entry)
+            d.addCallback(lambda fresh: self._open_read(r, session, fresh))
+            d.addErrback(self._open_failed, r, session)
 
     def _open_read(self, r: Request, session: Session, entry):
         if self.sessions.get(r.sid) is not session:
@@ -353,7 +380,10 @@ class DoorProtocol(LineOnlyReceiver):
 
     def do_opendir(self, r: Request):
         path = self.path(r)
-        entries = self.factory.namespace.listdir(path, self.subject(r))
+        return _then(self.factory.namespace.listdir(path, self.subject(r)),
+                     lambda entries: self._list(r, path, entries))
+
+    def _list(self, r: Request, path: str, entries):
         text = listing_text(entries)
         session = Session(r.sid, r.cid, "opendir", path)
         self.sessions[r.sid] = session
@@ -485,6 +515,17 @@ class DoorProtocol(LineOnlyReceiver):
         if sessions:
             log.info("control connection from {peer} closed: {n} session(s) killed",
                      peer=self.peer, n=len(sessions))
+
+
+def _then(result, fn):
+    """fn(result) now when the answer is in hand; after it when it is a Deferred.
+
+    The local namespace answers at once (no Deferred per request); a
+    remote one may return Deferreds, and the door waits for them.
+    """
+    if isinstance(result, defer.Deferred):
+        return result.addCallback(fn)
+    return fn(result)
 
 
 def _is_ip(host: str) -> bool:

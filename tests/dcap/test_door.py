@@ -370,3 +370,58 @@ def test_an_open_whose_data_vanished_fails_and_frees_its_session(pool, monkeypat
     assert c.proto.sessions == {}
     monkeypatch.undo()
     assert c.ask('2 0 client stat "%s" -uid=0' % url("/f")).startswith("2 0 client stat ")
+
+
+# -- a store that answers later (the seam for a network namespace)
+
+from twisted.internet import defer as _defer  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+
+
+class LaterNamespace:
+    """The real namespace, but every answer arrives one clock tick later."""
+
+    def __init__(self, namespace, clock):
+        self._namespace = namespace
+        self._clock = clock
+
+    def __getattr__(self, name):
+        method = getattr(self._namespace, name)
+
+        def later(*args, **kwargs):
+            d = _defer.Deferred()
+
+            def answer():
+                try:
+                    d.callback(method(*args, **kwargs))
+                except Exception:
+                    d.errback()
+            self._clock.callLater(1, answer)
+            return d
+        return later
+
+
+def test_door_waits_for_a_store_that_answers_later(pool):
+    pool.namespace.mkdir("/d", ROOT, 0o755)
+    put(pool, "/d/f", b"abc")
+    c = Client(pool, access=Access.FULL)
+    clock = Clock()
+    c.factory.namespace = LaterNamespace(pool.namespace, clock)
+    assert c.send(b'1 0 client stat "%s" -uid=0\n' % url("/d/f").encode()) == []
+    assert c.send(b'1 0 client stat "%s" -uid=0\n' % url("/d/f").encode()) == \
+        ['1 0 client failed 5 "internalError : Duplicated session id"']
+    c.send(b'2 0 client mkdir "%s" -mode=493 -uid=0\n' % url("/d").encode())
+    c.send(b'3 0 client check "%s" -stagetime=-1 -location=h -uid=0\n' % url("/d/none").encode())
+    c.send(b'4 0 client open "%s" r h 1 -uid=0\n' % url("/d/f").encode())
+    c.transport.clear()
+    clock.advance(1)
+    out = c.transport.value().decode("ascii").splitlines()
+    assert out[0].startswith("1 0 client stat -st_size=3 ")
+    assert out[1] == '2 0 client failed 20 "Directory exists" EEXIST'
+    assert out[2] == '3 0 client failed 4 "File is not cached"'
+    assert out[3].startswith("4 0 client connect ")
+    assert c.proto.waiting == set()
+    c.send(b'5 0 client opendir "%s" h 1 -uid=0\n' % url("/d").encode())
+    c.transport.clear()
+    clock.advance(1)
+    assert c.transport.value().startswith(b"5 0 client connect ")
