@@ -1,6 +1,7 @@
 """libdcap's namespace calls and directory listings, through ctypes in a child process."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -32,3 +33,21 @@ def test_namespace_calls_and_listings(door):
     assert out["close_empty"] == 0 and out["list_with_g"] == ["f", "g", "sub"]
     assert out["list3"] == ["f"]
     assert door.read("/lib-ns/d/f") == b"12345"
+
+
+RENAME = r"""
+import ctypes, sys
+lib = ctypes.CDLL("libdcap.so.1")
+lib.dc_rename(sys.argv[1].encode(), sys.argv[2].encode())
+"""
+
+
+def test_rename_through_libdcap(door):
+    """The door renames and answers ok; libdcap 2.47.14 may then abort in its own cleanup."""
+    door.put("/lib-mv/a", b"moved")
+    env = dict(os.environ, DCACHE_DEBUG="255")
+    p = subprocess.run([sys.executable, "-c", RENAME, door.url("/lib-mv/a"), door.url("/lib-mv/b")],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert re.search(r'client rename "dcap://127\.0\.0\.1/lib-mv/a" \S+/lib-mv/b', p.stderr)
+    assert "Server reply: ok destination" in p.stderr
+    assert door.read("/lib-mv/b") == b"moved"
