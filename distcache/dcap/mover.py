@@ -6,9 +6,11 @@ the session id and challenge.  Client-passive: the mover connects to the
 client's callback address (`connect_to_client`) and sends session id + 0.
 Either way `DataChannel` then serves the IOCMDs from `mover_codec`.
 
-Bytes never pile up: reads stream through a push producer in large blocks
-and the socket's back-pressure pauses them; while a reply is streaming the
-mover stops reading requests.
+Bytes never pile up: a read of a stored file goes from the file to the
+socket with os.sendfile, waiting for room through the reactor; other reads
+stream through a push producer in large blocks that the socket's
+back-pressure pauses.  While a reply is streaming the mover stops reading
+requests, and written blocks go to the upload file as they arrive.
 """
 
 from __future__ import annotations
