@@ -91,8 +91,12 @@ class Unsupported:
 
 @dataclass(frozen=True)
 class DataChunk:
-    """Some bytes of a DATA block, handed on as they arrive."""
-    data: bytes
+    """Some bytes of a DATA block, handed on as they arrive.
+
+    `data` is bytes or a memoryview of received bytes: use it before
+    feeding the parser more data, or copy it.
+    """
+    data: Union[bytes, memoryview]
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,18 @@ class RequestParser:
         self._buf = bytearray()
         self._state = _HELLO if expect_hello else _COMMAND
         self._remaining = 0
+        # Bytes received in the middle of a DATA block are handed on as
+        # views of what arrived, without copying them through _buf.
+        self._direct: Optional[memoryview] = None
 
     def receive_data(self, data: bytes) -> None:
-        self._buf += data
+        if self._direct is not None:
+            self._buf += self._direct
+            self._direct = None
+        if self._state == _BLOCK_BODY and not self._buf:
+            self._direct = memoryview(data)
+        else:
+            self._buf += data
 
     def begin_data(self) -> None:
         if self._state != _COMMAND:
@@ -139,7 +152,7 @@ class RequestParser:
         return self._state in (_DATA_HEADER, _BLOCK_LENGTH, _BLOCK_BODY)
 
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (len(self._direct) if self._direct is not None else 0)
 
     def next_event(self):
         """The next complete event, or `NEED_DATA`."""
@@ -152,6 +165,16 @@ class RequestParser:
         state = self._state
         buf = self._buf
         if state == _BLOCK_BODY:
+            direct = self._direct
+            if direct is not None:
+                take = min(self._remaining, len(direct))
+                self._direct = None
+                if take < len(direct):  # the block ends inside: parse the rest normally
+                    buf += direct[take:]
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = _BLOCK_LENGTH
+                return DataChunk(direct[:take])
             if not buf:
                 return NEED_DATA
             take = min(self._remaining, len(buf))

@@ -128,7 +128,7 @@ def test_random_splits_give_the_same_events(reqs, cuts):
         out = []
         for e in events:
             if isinstance(e, mc.DataChunk) and out and isinstance(out[-1], mc.DataChunk):
-                out[-1] = mc.DataChunk(out[-1].data + e.data)
+                out[-1] = mc.DataChunk(bytes(out[-1].data) + bytes(e.data))
             else:
                 out.append(e)
         return out
