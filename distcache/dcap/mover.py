@@ -35,6 +35,9 @@ log = Logger()
 
 #: Bytes per DATA block sent to the client.
 BLOCK_SIZE = 1 << 20
+#: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
+#: fewer trips through the reactor for a write's DATA blocks.
+RECEIVE_SIZE = 256 * 1024
 
 RC_IO = 204
 RC_ILLEGAL = 10015
@@ -544,15 +547,18 @@ class DataChannel(Protocol):
 def prepare_data_connection(transport, transfer: Transfer) -> None:
     """The one place a data socket is set up before any data flows.
 
-    TCP_NODELAY keeps small ACK/FIN replies from waiting on Nagle; the
-    door's policy then sets the transfer's socket buffer sizes and starts
-    the open's deadline watch on its data phase.
+    TCP_NODELAY keeps small ACK/FIN replies from waiting on Nagle and reads
+    take RECEIVE_SIZE bytes at a time; the door's policy then sets the
+    transfer's socket buffer sizes and starts the open's deadline watch on
+    its data phase.
     """
     if hasattr(transport, "setTcpNoDelay"):
         try:
             transport.setTcpNoDelay(True)
         except OSError:
             pass
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = RECEIVE_SIZE
     if transfer.policy is not None:
         transfer.policy.prepare(transport, transfer)
 
