@@ -1,0 +1,427 @@
+"""The door's control protocol on a StringTransport, over a real namespace in tmp."""
+
+import struct
+import zlib
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
+from distcache.dcap.namespace import Access, ROOT
+from distcache.dcap.pool import open_pool
+
+HELLO = b'0 0 client hello 0 0 2 47 14 "" -uid=%d -pid=1 -gid=%d\n'
+
+
+@pytest.fixture
+def pool(tmp_path):
+    p = open_pool(str(tmp_path / "root"), fsync=False)
+    yield p
+    p.namespace.close()
+
+
+class Client:
+    def __init__(self, pool, uid=0, gid=0, hello=True, **config):
+        self.factory = DoorFactory(pool, DoorConfig(**config), MemoryReactorClock())
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        if hello:
+            assert self.send(HELLO % (uid, gid)) == ["0 0 server welcome 2 47"]
+
+    def send(self, data):
+        self.transport.clear()
+        self.proto.dataReceived(data)
+        return self.transport.value().decode("ascii").splitlines()
+
+    def ask(self, line):
+        out = self.send(line.encode("ascii") + b"\n")
+        assert len(out) == 1, out
+        return out[0]
+
+
+def url(path):
+    return "dcap://127.0.0.1:22125/" + path.lstrip("/")
+
+
+def put(pool, path, data=b"", mode=0o644, uid=0, gid=0):
+    up = pool.open_write(path, ROOT, mode, replace=True)
+    up.file.write(data)
+    up.commit()
+    if uid or gid:
+        pool.namespace.chown(path, ROOT, uid, gid)
+
+
+def test_stat_of_file_and_directory(pool):
+    pool.namespace.mkdir("/pnfs", ROOT, 0o755)
+    put(pool, "/pnfs/x", b"x" * 17000)
+    c = Client(pool, access=Access.FULL)
+    line = c.ask('1 0 client stat "%s" -uid=0' % url("//pnfs/x"))
+    assert line.startswith("1 0 client stat -st_size=17000 -st_uid=0 -st_gid=0 -st_atime=")
+    assert "-st_mode=-rw-r--r--" in line
+    assert "-st_ino=" in line
+    assert "-st_mode=drwxr-xr-x" in c.ask('2 0 client lstat "%s" -uid=0' % url("/pnfs"))
+    assert c.ask('3 0 client stat "%s" -uid=0' % url("/nothere")) == \
+        '3 0 client failed 10001 "No such file or directory" ENOENT'
+
+
+def test_namespace_requests_with_the_real_doors_replies(pool):
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client mkdir "%s" -mode=493 -uid=0' % url("/d")) == "1 0 client ok"
+    assert "-st_mode=drwxr-xr-x" in c.ask('2 0 client stat "%s" -uid=0' % url("/d"))
+    assert c.ask('3 0 client mkdir "%s" -mode=493 -uid=0' % url("/d")) == \
+        '3 0 client failed 20 "Directory exists" EEXIST'
+    assert c.ask('4 0 client mkdir "%s" -mode=493 -uid=0' % url("/x/y")) == \
+        '4 0 client failed 10001 "Path /x does not exist"'
+    put(pool, "/d/f", b"abc")
+    assert c.ask('5 0 client chmod "%s" -mode=384 -uid=0' % url("/d/f")) == "5 0 client ok"
+    assert "-st_mode=-rw-------" in c.ask('6 0 client stat "%s" -uid=0' % url("/d/f"))
+    assert c.ask('7 0 client chown "%s" -owner=12:34 -uid=0' % url("/d/f")) == "7 0 client ok"
+    assert "-st_uid=12 -st_gid=34" in c.ask('8 0 client stat "%s" -uid=0' % url("/d/f"))
+    assert c.ask('9 0 client chgrp "%s" -group=56 -uid=0' % url("/d/f")) == "9 0 client ok"
+    assert "-st_gid=56" in c.ask('10 0 client stat "%s" -uid=0' % url("/d/f"))
+    assert c.ask('11 0 client rename "%s" /d/g -uid=0' % url("/d/f")) == "11 0 client ok"
+    assert c.ask('12 0 client rmdir "%s" -uid=0' % url("/d")).startswith('12 0 client failed 23 "')
+    assert c.ask('13 0 client unlink "%s" -uid=0' % url("/d")) == \
+        '13 0 client failed 17 "Path is a Directory" EISDIR'
+    assert c.ask('14 0 client unlink "%s" -uid=0' % url("/d/g")) == "14 0 client ok"
+    assert c.ask('15 0 client rmdir "%s" -uid=0' % url("/d")) == "15 0 client ok"
+    assert c.ask('16 0 client unlink "%s" -uid=0' % url("/d/g")) == \
+        '16 0 client failed 10001 "No such file or directory" ENOENT'
+
+
+def test_permissions_follow_the_clients_uid(pool):
+    pool.namespace.mkdir("/home", ROOT, 0o755)
+    put(pool, "/home/secret", b"s", mode=0o600, uid=100, gid=100)
+    other = Client(pool, uid=200, gid=200, access=Access.FULL)
+    assert other.ask('1 0 client open "%s" r h 1 -uid=200' % url("/home/secret")) == \
+        '1 0 client failed 19 "Permission denied" EACCES'
+    assert other.ask('2 0 client unlink "%s" -uid=200' % url("/home/secret")) == \
+        '2 0 client failed 19 "Permission denied" EACCES'
+    assert other.ask('3 0 client chmod "%s" -mode=511 -uid=200' % url("/home/secret")).startswith(
+        '3 0 client failed 19 ')
+
+
+def test_readonly_anonymous_access_refuses_modifications(pool):
+    put(pool, "/f", b"x")
+    c = Client(pool)  # READONLY is the default
+    assert c.ask('1 0 client mkdir "%s" -mode=493 -uid=0' % url("/d")).endswith("EACCES")
+    assert c.ask('2 0 client unlink "%s" -uid=0' % url("/f")).endswith("EACCES")
+    assert c.ask('3 0 client open "%s" w -truncate h 1 -uid=0' % url("/new")).endswith("EACCES")
+    assert c.ask('4 0 client stat "%s" -uid=0' % url("/f")).startswith("4 0 client stat ")
+    assert c.ask('5 0 client check "%s" -stagetime=-1 -location=h -uid=0' % url("/f")) == "5 0 client ok"
+
+
+def test_no_anonymous_access_refuses_reads(pool):
+    put(pool, "/f", b"x")
+    c = Client(pool, access=Access.NONE)
+    assert c.ask('1 0 client stat "%s" -uid=0' % url("/f")).endswith("EACCES")
+
+
+def test_open_failures(pool):
+    pool.namespace.mkdir("/d", ROOT, 0o755)
+    put(pool, "/d/f", b"x")
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client open "%s" r h 1 -uid=0' % url("/nothere")) == \
+        '1 0 client failed 2 "No such file or directory" ENOENT'
+    assert c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/d")) == '2 0 client failed 1 "Not a File"'
+    assert c.ask('3 0 client open "%s" w -truncate h 1 -uid=0' % url("/d/f")) == \
+        '3 0 client failed 1 "File is readOnly"'
+
+
+def test_check_and_stage(pool):
+    pool.namespace.mkdir("/d", ROOT, 0o755)
+    put(pool, "/d/f", b"x")
+    c = Client(pool)
+    assert c.ask('1 0 client check "%s" -stagetime=-1 -location=h -uid=0' % url("/d/f")) == "1 0 client ok"
+    assert c.ask('2 0 client check "%s" -stagetime=-1 -location=h -uid=0' % url("/d/nothere")) == \
+        '2 0 client failed 4 "File is not cached"'
+    assert c.ask('3 0 client stage "%s" -stagetime=0 -location=h -uid=0' % url("/d/f")) == "3 0 client ok"
+    assert c.ask('4 0 client stage "%s" -stagetime=0 -location=h -uid=0' % url("/d")).endswith(
+        '"path is not a regular file" EINVAL')
+
+
+def test_ping_status_and_unknown_commands(pool):
+    c = Client(pool)
+    assert c.ask("4 2 client ping") == "4 2 server pong"
+    assert c.ask("5 0 client status") == "5 0 client ok"
+    assert c.ask("6 0 client dance") == \
+        "6 0 client failed 669 \"protocolViolation : Invalid command 'dance'\""
+    assert c.ask('7 0 client stat "dcap://h/a%ff"') == \
+        '7 0 client failed 10015 "Invalid path: path is not valid UTF-8" EINVAL'
+    assert c.ask("8 0 client byebye") == "8 0 server byebye"
+    assert c.transport.disconnecting
+
+
+@pytest.mark.parametrize("line", [b"1 2 client\n", b"x y client stat\n", b"1 0 client stat \"/a\"\n"])
+def test_protocol_violations_close_the_connection(pool, line):
+    c = Client(pool, hello=(line != b'1 0 client stat "/a"\n'))
+    out = c.send(line)
+    assert len(out) == 1 and out[0].startswith("protocol violation: ")
+    assert c.transport.disconnecting
+
+
+def test_overlong_line_is_a_violation(pool):
+    c = Client(pool)
+    out = c.send(b"1 0 client stat " + b"x" * 70000 + b"\n")
+    assert out[0].startswith("protocol violation: ")
+    assert c.transport.disconnecting
+
+
+def test_non_ascii_names_in_replies_are_escaped(pool):
+    c = Client(pool, access=Access.FULL)
+    line = c.ask('1 0 client mkdir "%s" -mode=493 -uid=0' % url("/caf%C3%A9"))
+    assert line.startswith("1 0 client failed ") and line.endswith("EINVAL")
+    assert max(line.encode("ascii")) < 128
+
+
+def test_client_version_range(pool):
+    low, high = parse_version_range("2.47:2.47.99")
+    assert (low, high) == ((2, 47), (2, 47, 99))
+    accepted = Client(pool, hello=False, client_version_min=low, client_version_max=high)
+    assert accepted.send(HELLO % (0, 0)) == ["0 0 server welcome 2 47"]
+    refused = Client(pool, hello=False, client_version_min=(2, 48))
+    assert refused.send(HELLO % (0, 0)) == []
+    assert refused.transport.disconnecting
+    old = Client(pool, hello=False, client_version_max=(2, 46))
+    assert old.send(HELLO % (0, 0)) == []
+
+
+# -- opens, end to end in memory: the door's listener factory serves the data channel
+
+from distcache.dcap import mover_codec as mc  # noqa: E402
+
+
+def data_channel_for(client, connect_line):
+    """Play the client's data connection on the port the door opened."""
+    words = connect_line.split()
+    assert words[3] == "connect"
+    port_info = client.factory.reactor.tcpServers[-1]
+    factory, interface = port_info[1], port_info[3]
+    channel = factory.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(mc.encode_hello(int(words[0]), words[6].encode("ascii")))
+    return channel, transport, interface, words
+
+
+def test_connect_reply_names_the_address_the_client_used(pool):
+    put(pool, "/f", b"hello")
+    c = Client(pool)
+    line = c.ask('2 0 client open "%s" r h 1 -timeout=-1 -onerror=default -uid=0' % url("/f"))
+    channel, transport, interface, words = data_channel_for(c, line)
+    local = c.transport.getHost().host
+    assert words[4] == local and interface == local
+    assert len(words[6]) >= 40
+    c.transport.clear()
+    channel.dataReceived(mc.encode_read(1048570) + mc.encode_close())
+    assert mc.DATA_HEADER + struct.pack(">i", 5) + b"hello" in transport.value()
+    assert c.transport.value() == b"2 0 client ok\n"
+
+
+def test_connect_host_for_nat(pool):
+    put(pool, "/f", b"x")
+    c = Client(pool, connect_host="door.example.org")
+    line = c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/f"))
+    channel, transport, interface, words = data_channel_for(c, line)
+    assert words[4] == "door.example.org" and interface == ""
+
+
+def test_write_commits_on_close_and_reports_ok(pool):
+    c = Client(pool, access=Access.FULL)
+    line = c.ask('2 0 client open "%s" w -mode=0600 -truncate h 1 -uid=0' % url("/new"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_write() + mc.encode_data(b"payload"))
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/new", ROOT)  # not visible before CLOSE
+    channel.dataReceived(mc.encode_close(zlib.adler32(b"payload")))
+    assert c.transport.value() == b"2 0 client ok\n"
+    entry = pool.namespace.lookup("/new", ROOT)
+    assert entry.size == 7 and entry.mode == 0o600
+
+
+def test_rw_open_modifies_in_place_when_truncation_is_allowed(pool):
+    put(pool, "/f", b"0123456789")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    line = c.ask('2 0 client open "%s" rw -truncate h 1 -uid=0' % url("/f"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_seek_and_write(2, mc.SEEK_SET) + mc.encode_data(b"ab") + mc.encode_close())
+    assert c.transport.value() == b"2 0 client ok\n"
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"01ab456789"
+
+
+def test_control_eof_kills_the_mover_and_discards_the_write(pool):
+    put(pool, "/f", b"old")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    line = c.ask('2 0 client open "%s" w -truncate h 1 -uid=0' % url("/f"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    channel.dataReceived(mc.encode_write() + mc.DATA_HEADER + struct.pack(">i", 100) + b"partial")
+    c.proto.connectionLost(None)
+    assert transport.disconnecting or transport.disconnected
+    assert c.proto.sessions == {}
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"old"
+
+
+# -- golden: the real dccp's control lines from the transcript, replayed
+
+from pathlib import Path  # noqa: E402
+
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "vectors" / "dccp-2.47.14-transcript.txt"
+
+
+def _transcript_connections():
+    """[(connect_back, [client lines], [door replies])] per control connection."""
+    connections, connect_back = [], False
+    for raw in TRANSCRIPT.read_text(encoding="ascii").splitlines():
+        if raw.startswith("listening "):
+            connect_back = raw.split()[1] == "22126"
+        elif raw.startswith("CTL connect from"):
+            connections.append((connect_back, [], []))
+        elif raw.startswith("CTL<- '"):
+            connections[-1][1].append(raw[len("CTL<- '"):-1])
+        elif raw.startswith("CTL-> ") and not raw.startswith("CTL-> ok for"):
+            connections[-1][2].append(raw[len("CTL-> "):])
+    return connections
+
+
+def _same_shape(ours, theirs):
+    o, t = ours.split(), theirs.split()
+    assert o[:4] == t[:4], (ours, theirs)
+    kind = t[3]
+    if kind in ("welcome", "ok"):
+        assert ours == theirs
+    elif kind == "stat":
+        assert o[:7] == t[:7] and "-st_mode=-rw-r--r--" in o
+    elif kind == "connect":
+        assert len(o) == len(t) == 7 and o[5].isdigit() and len(o[6]) >= 40
+    elif kind == "failed":
+        assert o[4] == t[4] and o[-1] == t[-1], (ours, theirs)
+
+
+def test_replays_the_real_client_transcript(pool):
+    pool.namespace.mkdir("/pnfs", ROOT, 0o755)
+    put(pool, "/pnfs/x", b"x" * 17000)
+    connections = _transcript_connections()
+    assert len(connections) >= 10
+    for connect_back, requests, replies in connections:
+        c = Client(pool, hello=False, access=Access.FULL, allow_truncate=True, connect_back=connect_back)
+        ours = []
+        for line in requests:
+            ours += c.send(line.encode("ascii") + b"\n")
+        assert len(ours) == len(replies), (requests, ours, replies)
+        for mine, theirs in zip(ours, replies):
+            _same_shape(mine, theirs)
+        c.proto.connectionLost(None)
+
+
+# -- fuzzing: whatever a client sends, the door answers in ASCII or closes, never crashes
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_COMMANDS = ["stat", "lstat", "open", "check", "stage", "unlink", "rmdir", "mkdir", "chmod", "chown",
+             "chgrp", "rename", "opendir", "ping", "status", "hello", "frob"]
+_path = st.lists(st.sampled_from(["a", "b", "..", ".", "%2e%2e", "%00", "%ff", "caf%C3%A9", "x:y", "", "%22"]),
+                 max_size=4).map(lambda parts: "dcap://h:1/" + "/".join(parts))
+_option = st.tuples(st.sampled_from(["uid", "gid", "mode", "owner", "group", "truncate", "passive", "timeout"]),
+                    st.one_of(st.none(), st.sampled_from(["0", "-1", "493", "0x1ff", "12:34", "abc", "99999999999"])))
+_word = st.one_of(_path.map(lambda p: '"%s"' % p), st.sampled_from(["r", "w", "rw", "x", "h", "0", "1", '""']),
+                  _option.map(lambda kv: "-%s" % kv[0] if kv[1] is None else "-%s=%s" % kv))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(_COMMANDS), st.lists(_word, max_size=6)),
+                max_size=8),
+       st.binary(max_size=60))
+def test_random_requests_get_ascii_replies_and_no_internal_errors(pool, requests, garbage):
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    lines = [" ".join([str(sid), "0", "client", cmd] + words).encode("ascii") for sid, cmd, words in requests]
+    out = b""
+    for line in lines + [garbage.replace(b"\n", b" ")]:
+        c.transport.clear()
+        c.proto.dataReceived(line + b"\n")
+        out = c.transport.value()
+        assert all(b < 128 for b in out)
+        assert all(len(reply) < 4096 for reply in out.split(b"\n"))
+        assert b"internalError : request failed" not in out
+        if c.transport.disconnecting:
+            break
+    c.proto.connectionLost(None)
+
+
+def test_hello_with_odd_version_words_still_gets_an_ascii_welcome(pool):
+    c = Client(pool, hello=False)
+    assert c.send(b'0 0 client hello 0 0 \xe9 x 1 "" -uid=0\n') == ["0 0 server welcome 0 0"]
+
+
+def test_an_open_whose_data_vanished_fails_and_frees_its_session(pool, monkeypatch):
+    put(pool, "/f", b"data")
+    c = Client(pool)
+
+    def vanished(entry):
+        raise OSError("disk copy unreadable")
+
+    monkeypatch.setattr(pool, "open_read", vanished)
+    line = c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/f"))
+    assert line.startswith('2 0 client failed 5 "internalError : ')
+    assert c.proto.sessions == {}
+    monkeypatch.undo()
+    assert c.ask('2 0 client stat "%s" -uid=0' % url("/f")).startswith("2 0 client stat ")
+
+
+# -- a store that answers later (the seam for a network namespace)
+
+from twisted.internet import defer as _defer  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+
+
+class LaterNamespace:
+    """The real namespace, but every answer arrives one clock tick later."""
+
+    def __init__(self, namespace, clock):
+        self._namespace = namespace
+        self._clock = clock
+
+    def __getattr__(self, name):
+        method = getattr(self._namespace, name)
+
+        def later(*args, **kwargs):
+            d = _defer.Deferred()
+
+            def answer():
+                try:
+                    d.callback(method(*args, **kwargs))
+                except Exception:
+                    d.errback()
+            self._clock.callLater(1, answer)
+            return d
+        return later
+
+
+def test_door_waits_for_a_store_that_answers_later(pool):
+    pool.namespace.mkdir("/d", ROOT, 0o755)
+    put(pool, "/d/f", b"abc")
+    c = Client(pool, access=Access.FULL)
+    clock = Clock()
+    c.factory.namespace = LaterNamespace(pool.namespace, clock)
+    assert c.send(b'1 0 client stat "%s" -uid=0\n' % url("/d/f").encode()) == []
+    assert c.send(b'1 0 client stat "%s" -uid=0\n' % url("/d/f").encode()) == \
+        ['1 0 client failed 5 "internalError : Duplicated session id"']
+    c.send(b'2 0 client mkdir "%s" -mode=493 -uid=0\n' % url("/d").encode())
+    c.send(b'3 0 client check "%s" -stagetime=-1 -location=h -uid=0\n' % url("/d/none").encode())
+    c.send(b'4 0 client open "%s" r h 1 -uid=0\n' % url("/d/f").encode())
+    c.transport.clear()
+    clock.advance(1)
+    out = c.transport.value().decode("ascii").splitlines()
+    assert out[0].startswith("1 0 client stat -st_size=3 ")
+    assert out[1] == '2 0 client failed 20 "Directory exists" EEXIST'
+    assert out[2] == '3 0 client failed 4 "File is not cached"'
+    assert out[3].startswith("4 0 client connect ")
+    assert c.proto.waiting == set()
+    c.send(b'5 0 client opendir "%s" h 1 -uid=0\n' % url("/d").encode())
+    c.transport.clear()
+    clock.advance(1)
+    assert c.transport.value().startswith(b"5 0 client connect ")

@@ -1,0 +1,241 @@
+"""The mover's DataChannel on a StringTransport, with real pool uploads in tmp."""
+
+import io
+import struct
+import zlib
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from distcache.dcap import mover_codec as mc
+from distcache.dcap.mover import BLOCK_SIZE, DataChannel, PassiveMoverFactory, Transfer
+from distcache.dcap.namespace import NotFound, ROOT
+from distcache.dcap.pool import open_pool
+
+
+@pytest.fixture
+def pool(tmp_path):
+    p = open_pool(str(tmp_path / "root"), fsync=False)
+    yield p
+    p.namespace.close()
+
+
+class Replies:
+    """Decode what the mover wrote, block by block."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def _take(self, n):
+        out = self.data[self.pos:self.pos + n]
+        assert len(out) == n, "reply stream too short"
+        self.pos += n
+        return out
+
+    def reply(self):
+        (n,) = struct.unpack(">i", self._take(4))
+        body = self._take(n)
+        return struct.unpack_from(">iii", body) + (body[12:],)
+
+    def data_blocks(self):
+        (n,) = struct.unpack(">i", self._take(4))
+        assert struct.unpack(">i", self._take(n))[0] == mc.DATA
+        blocks = []
+        while True:
+            (size,) = struct.unpack(">i", self._take(4))
+            if size == -1:
+                return blocks
+            blocks.append(self._take(size))
+
+    def done(self):
+        return self.pos == len(self.data)
+
+
+def channel_for(transfer):
+    ch = DataChannel(transfer=transfer)
+    t = StringTransport()
+    ch.makeConnection(t)
+    assert t.value() == struct.pack(">ii", transfer.sid, 0)
+    t.clear()
+    return ch, t
+
+
+def read_transfer(payload, sid=2):
+    return Transfer(sid, source=io.BytesIO(payload), size=len(payload), label="test")
+
+
+def test_read_seek_locate_readv_and_close():
+    payload = bytes(range(256)) * 40
+    tr = read_transfer(payload)
+    outcome = []
+    tr.finished.addCallback(outcome.append)
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_read(100) + mc.encode_seek(-10, mc.SEEK_END) + mc.encode_read(100)
+                    + mc.encode_read(5) + mc.encode_locate()
+                    + mc.encode_seek_and_read(3, mc.SEEK_SET, 4)
+                    + mc.encode_readv([(0, 2), (10240 - 1, 5), (5, 3)])
+                    + mc.encode_seek(-1, mc.SEEK_SET) + mc.encode_close())
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.READ, 0)
+    assert b"".join(r.data_blocks()) == payload[:100]
+    assert r.reply()[:3] == (mc.FIN, mc.READ, 0)
+    assert r.reply() == (mc.ACK, mc.SEEK, 0, struct.pack(">q", 10230))
+    assert r.reply()[:3] == (mc.ACK, mc.READ, 0)
+    assert b"".join(r.data_blocks()) == payload[-10:]
+    assert r.reply()[:3] == (mc.FIN, mc.READ, 0)
+    assert r.reply()[:3] == (mc.ACK, mc.READ, 0)
+    assert r.data_blocks() == []  # past EOF: no block at all
+    assert r.reply()[:3] == (mc.FIN, mc.READ, 0)
+    assert r.reply() == (mc.ACK, mc.LOCATE, 0, struct.pack(">qq", 10240, 10240))
+    assert r.reply()[:3] == (mc.ACK, mc.SEEK_AND_READ, 0)
+    assert b"".join(r.data_blocks()) == payload[3:7]
+    assert r.reply()[:3] == (mc.FIN, mc.SEEK_AND_READ, 0)
+    assert r.reply()[:3] == (mc.ACK, mc.READV, 0)
+    assert b"".join(r.data_blocks()) == payload[0:2] + payload[-1:] + payload[5:8]
+    assert r.reply()[:3] == (mc.FIN, mc.READV, 0)
+    kind, cmd, rc, rest = r.reply()
+    assert (kind, cmd) == (mc.ACK, mc.SEEK) and rc != 0
+    assert r.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    assert r.done()
+    assert outcome == [None]
+    assert t.disconnecting
+
+
+def test_write_on_a_read_transfer_is_refused_without_data():
+    tr = read_transfer(b"abc")
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_write() + mc.encode_close())
+    r = Replies(t.value())
+    kind, cmd, rc, rest = r.reply()
+    assert (kind, cmd) == (mc.ACK, mc.WRITE) and rc != 0
+    assert r.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+
+
+class PausingTransport(StringTransport):
+    """Pauses its producer after every write, as a full socket buffer would."""
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and self.streaming:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq):
+        self.write(b"".join(seq))
+
+
+def test_reads_respect_back_pressure():
+    payload = b"z" * (3 * BLOCK_SIZE + 17)
+    tr = read_transfer(payload)
+    ch = DataChannel(transfer=tr)
+    t = PausingTransport()
+    ch.makeConnection(t)
+    t.clear()
+    ch.dataReceived(mc.encode_read(len(payload)) + mc.encode_close())
+    sizes = [len(t.value())]
+    while t.producer is not None:
+        t.producer.resumeProducing()
+        sizes.append(len(t.value()))
+    steps = [b - a for a, b in zip(sizes, sizes[1:])]
+    assert max(steps) <= BLOCK_SIZE + 64
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.READ, 0)
+    assert b"".join(r.data_blocks()) == payload
+    assert r.reply()[:3] == (mc.FIN, mc.READ, 0)
+    assert r.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+
+
+def write_transfer(pool, path, sid=3, rw=False):
+    up = pool.open_write(path, ROOT, 0o644, replace=True, copy_existing=rw)
+    size = up.old.size if (rw and up.old is not None) else 0
+    return Transfer(sid, upload=up, size=size, label="w " + path)
+
+
+def test_write_then_close_with_checksum_commits(pool):
+    tr = write_transfer(pool, "/new")
+    ch, t = channel_for(tr)
+    payload = bytes(range(256)) * 1000
+    stream = mc.encode_write() + mc.encode_data(payload, block=7000) + mc.encode_close(zlib.adler32(payload))
+    for i in range(0, len(stream), 999):
+        ch.dataReceived(stream[i:i + 999])
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    assert r.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    entry = pool.namespace.lookup("/new", ROOT)
+    assert entry.size == len(payload) and entry.adler32 == zlib.adler32(payload)
+
+
+def test_seek_and_write_in_an_rw_open_keeps_the_rest(pool):
+    up = pool.open_write("/f", ROOT, 0o644)
+    up.file.write(b"0123456789")
+    up.commit()
+    tr = write_transfer(pool, "/f", rw=True)
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_seek_and_write(4, mc.SEEK_SET) + mc.encode_data(b"ab")
+                    + mc.encode_seek_and_write(0, mc.SEEK_END) + mc.encode_data(b"XY")
+                    + mc.encode_locate() + mc.encode_close(zlib.adler32(b"0123ab6789XY")))
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.SEEK_AND_WRITE, 0)
+    assert r.reply()[:3] == (mc.FIN, mc.SEEK_AND_WRITE, 0)
+    assert r.reply()[:3] == (mc.ACK, mc.SEEK_AND_WRITE, 0)
+    assert r.reply()[:3] == (mc.FIN, mc.SEEK_AND_WRITE, 0)
+    assert r.reply() == (mc.ACK, mc.LOCATE, 0, struct.pack(">qq", 12, 12))
+    assert r.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"0123ab6789XY"
+
+
+def test_lost_connection_discards_the_write(pool):
+    up = pool.open_write("/keep", ROOT, 0o644)
+    up.file.write(b"old")
+    up.commit()
+    tr = write_transfer(pool, "/keep")
+    outcome = []
+    tr.finished.addCallback(outcome.append)
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_write() + mc.DATA_HEADER + struct.pack(">i", 100) + b"partial")
+    ch.connectionLost(None)
+    assert outcome[0].rc != 0
+    with pool.open_read(pool.namespace.lookup("/keep", ROOT)) as f:
+        assert f.read() == b"old"
+
+
+def test_garbage_on_the_data_channel_fails_the_transfer(pool):
+    tr = write_transfer(pool, "/g")
+    outcome = []
+    tr.finished.addCallback(outcome.append)
+    ch, t = channel_for(tr)
+    ch.dataReceived(struct.pack(">i", 1 << 30) + b"junk")
+    assert t.disconnecting or t.disconnected
+    assert outcome and outcome[0] is not None
+    with pytest.raises(NotFound):
+        pool.namespace.lookup("/g", ROOT)
+
+
+def test_passive_factory_checks_sid_and_challenge_once():
+    tr = read_transfer(b"hi", sid=9)
+    accepted = []
+    factory = PassiveMoverFactory(tr, "s3cret", lambda: accepted.append(True))
+    assert factory.verify(8, b"s3cret") is None
+    assert factory.verify(9, b"s3cre") is None
+    assert factory.verify(9, b"s3cret") is tr
+    assert factory.verify(9, b"s3cret") is None
+    assert accepted == [True]
+    ch = factory.buildProtocol(None)
+    t = StringTransport()
+    ch.makeConnection(t)
+    assert t.value() == b""
+    ch.dataReceived(mc.encode_hello(9, b"wrong!"))
+    assert t.disconnecting
+
+
+def test_a_connect_back_that_arrives_after_the_transfer_ended_is_dropped():
+    tr = read_transfer(b"late")
+    tr.finished.addErrback(lambda f: None)
+    tr.kill("control connection closed")
+    ch = DataChannel(transfer=tr)
+    t = StringTransport()
+    ch.makeConnection(t)
+    assert t.value() == b""
+    assert t.disconnecting or t.disconnected
