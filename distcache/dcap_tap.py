@@ -7,10 +7,11 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 import os
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from distcache import address
+from distcache.listening import Listener
 from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
@@ -29,7 +30,8 @@ class Options(PolicyOptions):
                 "The namespace and the pool's data live under --root.")
 
     optParameters = [
-        ["listen", "l", DEFAULT_LISTEN, "Endpoint the door listens on (Twisted endpoint string)."],
+        ["listen", "l", DEFAULT_LISTEN, "Address the door listens on: a Twisted endpoint string "
+                                      "(tcp:22125) or IP:host:port."],
         ["root", "r", DEFAULT_ROOT, "State directory: namespace database and pool data."],
         ["anonymous-access", None, "READONLY", "What unauthenticated clients may do: NONE, READONLY or FULL."],
         ["connect-host", None, None, "Host name or address the door tells clients to connect to for data "
@@ -45,6 +47,10 @@ class Options(PolicyOptions):
     ]
 
     def postOptions(self):
+        try:
+            address.parse(self["listen"])
+        except address.AddressError as e:
+            raise usage.UsageError(str(e))
         try:
             Access(self["anonymous-access"].upper())
         except ValueError:
@@ -70,25 +76,35 @@ def door_config(options) -> DoorConfig:
     )
 
 
-class DoorService(service.Service):
-    """Opens storage and the listening endpoint on start; pickles as config."""
+class DoorService(service.MultiService):
+    """Opens storage and the listening endpoint on start; pickles as config.
 
-    def __init__(self, listen, root, config, fsync=True, policy=None):
+    Binding happens in privilegedStartService (through the shared Listener), before
+    twistd drops privileges, and a failure to bind stops start-up with an error.
+    """
+
+    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
+        super().__init__()
         self.listen = listen
         self.root = root
         self.config = config
         self.fsync = fsync
         self.policy = policy
-        self.port = None
+        self._reactor = reactor
         self.pool = None
         self.factory = None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["port"] = None
-        state["pool"] = None
-        state["factory"] = None
+        state = super().__getstate__()
+        state.update(pool=None, factory=None, _reactor=None, services=[], namedServices={})
         return state
+
+    @property
+    def port(self):
+        """The listening port while running (None otherwise)."""
+        for child in self:
+            return child.port
+        return None
 
     def make_factory(self, reactor):
         from distcache.dcap import hsm
@@ -96,39 +112,37 @@ class DoorService(service.Service):
         root = os.path.abspath(self.root)
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
-        self.factory.policy.start()
         return self.factory
 
+    def _build(self):
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
+
+    def privilegedStartService(self):
+        if self.factory is None:
+            self._build()
+        super().privilegedStartService()
+
     def startService(self):
-        from twisted.internet import reactor
+        if self.factory is None:
+            self._build()
         super().startService()
-        factory = self.make_factory(reactor)
-        endpoint = endpoints.serverFromString(reactor, self.listen)
-        d = endpoint.listen(factory)
-
-        def listening(port):
-            self.port = port
-            log.info("DCAP door listening on {address}, root {root}", address=port.getHost(),
-                     root=os.path.abspath(self.root))
-            return port
-
-        def failed(f):
-            log.failure("DCAP door cannot listen on {listen}", f, listen=self.listen)
-            reactor.stop()
-
-        d.addCallbacks(listening, failed)
-        return d
+        self.factory.policy.start()
+        log.info("DCAP door listening on {address}, root {root}", address=self.port.getHost(),
+                 root=os.path.abspath(self.root))
 
     def stopService(self):
-        super().stopService()
+        d = super().stopService()
         if self.factory is not None:
             self.factory.policy.stop()
         if self.pool is not None:
             self.pool.namespace.close()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        for child in list(self):
+            child.disownServiceParent()
+        self.factory = self.pool = None
+        return d
 
 
 def makeService(options):

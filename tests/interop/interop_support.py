@@ -17,7 +17,7 @@ import time
 from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
-WORKTREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DCCP = shutil.which("dccp")
 
 
@@ -53,7 +53,7 @@ class Door:
     def _start(self, tmp, options):
         """Run twistd; True once it logs that it listens, False if it exits first."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = WORKTREE + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = CHECKOUT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "-l", self.log, "dcap-door", "--listen", "tcp:%d:interface=127.0.0.1" % self.port,
