@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.application.internet import ClientService
-from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
 from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
 from distcache.server_tap import SocketOptions, positive_int
@@ -52,38 +52,23 @@ class Options(SocketOptions):
         self["ownership"] = self.ownership()
 
 
-class ClientProxyService(MultiService):
+class ClientProxyService(ConfiguredService):
     """dc_client as a service; holds only plain configuration until it starts."""
 
     log = Logger()
+    runtime = ("link",)
 
     def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), reactor=None):
-        super().__init__()
+        super().__init__(reactor)
         self.listen = listen
         self.server = server
         self.retry_ms = retry_ms
         self.idle_ms = idle_ms
         self.ownership = ownership
-        self._reactor = reactor
         self.link: Optional[ServerLink] = None
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_reactor", None)
-        state["link"] = None
-        state["services"] = []
-        state["namedServices"] = {}
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._reactor = None
-
-    def _build(self) -> None:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+    def build(self, reactor) -> None:
         self.link = ServerLink()
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
@@ -93,14 +78,7 @@ class ClientProxyService(MultiService):
         ClientService(endpoint, UpstreamFactory(self.link), retryPolicy=lambda attempt: retry,
                       clock=reactor).setServiceParent(self)
 
-    def privilegedStartService(self) -> None:
-        if self.link is None:
-            self._build()
-        super().privilegedStartService()
-
     def startService(self) -> None:
-        if self.link is None:
-            self._build()
         super().startService()
         self.log.info("dc_client started: {listen} -> {server}, retry every {retry} ms",
                       listen=self.listen, server=self.server, retry=self.retry_ms)

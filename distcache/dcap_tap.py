@@ -6,11 +6,11 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 
 import os
 
-from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.configured import ConfiguredService
 from distcache.listening import Listener
 from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
 from distcache.dcap.namespace import Access
@@ -76,28 +76,20 @@ def door_config(options) -> DoorConfig:
     )
 
 
-class DoorService(service.MultiService):
-    """Opens storage and the listening endpoint on start; pickles as config.
+class DoorService(ConfiguredService):
+    """Opens storage and the listening endpoint on start; pickles as config."""
 
-    Binding happens in privilegedStartService (through the shared Listener), before
-    twistd drops privileges, and a failure to bind stops start-up with an error.
-    """
+    runtime = ("pool", "factory")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
-        super().__init__()
+        super().__init__(reactor)
         self.listen = listen
         self.root = root
         self.config = config
         self.fsync = fsync
         self.policy = policy
-        self._reactor = reactor
         self.pool = None
         self.factory = None
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.update(pool=None, factory=None, _reactor=None, services=[], namedServices={})
-        return state
 
     @property
     def port(self):
@@ -114,20 +106,10 @@ class DoorService(service.MultiService):
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
 
-    def _build(self):
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+    def build(self, reactor):
         Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
 
-    def privilegedStartService(self):
-        if self.factory is None:
-            self._build()
-        super().privilegedStartService()
-
     def startService(self):
-        if self.factory is None:
-            self._build()
         super().startService()
         self.factory.policy.start()
         log.info("DCAP door listening on {address}, root {root}", address=self.port.getHost(),
@@ -142,6 +124,7 @@ class DoorService(service.MultiService):
         for child in list(self):
             child.disownServiceParent()
         self.factory = self.pool = None
+        self.built = False
         return d
 
 

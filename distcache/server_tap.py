@@ -5,11 +5,11 @@ from __future__ import annotations
 import signal
 from typing import List, Optional
 
-from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.configured import ConfiguredService
 from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
                                  parse_perms)
 from distcache.server import CacheServerFactory
@@ -76,61 +76,37 @@ class Options(SocketOptions):
         self["ownership"] = self.ownership()
 
 
-class CacheServerService(MultiService):
+class CacheServerService(ConfiguredService):
     """dc_server as a service; holds only plain configuration until it starts."""
 
     log = Logger()
+    runtime = ("factory",)
 
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
                  reactor=None):
-        super().__init__()
+        super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
         self.progress = progress
         self.ownership = ownership
         self.killable = killable
-        self._reactor = reactor
         self.factory: Optional[CacheServerFactory] = None
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_reactor", None)
-        state["factory"] = None
-        state["services"] = []
-        state["namedServices"] = {}
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._reactor = None
-
-    def _build(self) -> None:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+    def build(self, reactor) -> None:
         store = SessionStore(reactor, self.sessions)
         self.factory = CacheServerFactory(store, self.progress, clock=reactor)
         for addr in self.listen:
             Listener(addr, self.factory, self.ownership, reactor).setServiceParent(self)
 
-    def privilegedStartService(self) -> None:
-        if self.factory is None:
-            self._build()
-        super().privilegedStartService()
-
     def startService(self) -> None:
-        if self.factory is None:
-            self._build()
         super().startService()
         self.log.info("dc_server started: {sessions} sessions at most", sessions=self.sessions)
         if self.killable:
             self._install_kill_signals()
 
     def _install_kill_signals(self) -> None:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = self.reactor
 
         def stop(signum, frame):
             reactor.callFromThread(reactor.stop)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.configured import ConfiguredService
 from distcache.client_tap import checked_address
 from distcache.listening import Listener, SocketOwnership
 from distcache.server_tap import SocketOptions
@@ -38,51 +38,27 @@ class Options(SocketOptions):
         self["ownership"] = self.ownership()
 
 
-class SnoopService(MultiService):
+class SnoopService(ConfiguredService):
     """dc_snoop as a service; holds only plain configuration until it starts."""
 
     log = Logger()
+    runtime = ("factory", "_report")
 
     def __init__(self, listen: str, server: str, ownership: SocketOwnership = SocketOwnership(),
                  reactor=None, report=None):
-        super().__init__()
+        super().__init__(reactor)
         self.listen = listen
         self.server = server
         self.ownership = ownership
-        self._reactor = reactor
         self._report = report
         self.factory: Optional[SnoopFactory] = None
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_reactor", None)
-        state.pop("_report", None)
-        state["factory"] = None
-        state["services"] = []
-        state["namedServices"] = {}
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._reactor = None
-        self._report = None
-
-    def _build(self) -> None:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+    def build(self, reactor) -> None:
         endpoint = address.client_endpoint(reactor, address.parse(self.server))
         self.factory = SnoopFactory(endpoint, clock=reactor, report=self._report)
         Listener(self.listen, self.factory, self.ownership, reactor).setServiceParent(self)
 
-    def privilegedStartService(self) -> None:
-        if self.factory is None:
-            self._build()
-        super().privilegedStartService()
-
     def startService(self) -> None:
-        if self.factory is None:
-            self._build()
         super().startService()
         self.log.info("dc_snoop started: {listen} -> {server}", listen=self.listen,
                       server=self.server)

@@ -1,0 +1,51 @@
+"""The shape every tool's service shares: plain configuration until it starts.
+
+A service that can go into a tap file must pickle, and endpoints, factories and the
+reactor do not.  So a tool's service keeps only its settings; its working parts (the
+factories, and the child services that listen or connect) are built when it starts,
+in ``privilegedStartService`` when twistd calls it, so that binding happens before
+privileges are dropped.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+
+
+class ConfiguredService(MultiService):
+    """Subclasses implement ``build(reactor)``; attributes named in ``runtime`` are not pickled."""
+
+    #: attributes made by ``build`` (or handed in for tests) that never go into a tap file
+    runtime = ()
+
+    def __init__(self, reactor=None):
+        super().__init__()
+        self._reactor = reactor
+        self.built = False
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update(services=[], namedServices={}, built=False, _reactor=None)
+        for name in self.runtime:
+            state[name] = None
+        return state
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            return reactor
+        return self._reactor
+
+    def _ensure_built(self) -> None:
+        if not self.built:
+            self.build(self.reactor)
+            self.built = True
+
+    def privilegedStartService(self) -> None:
+        self._ensure_built()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._ensure_built()
+        super().startService()
