@@ -1,6 +1,7 @@
 """dc_server's command lines: twistd options, the C tool's flags, and start-up failures."""
 
 import os
+import stat
 import signal
 import socket
 import subprocess
@@ -121,3 +122,49 @@ def test_start_up_failure_exits_non_zero(tmp_path):
         holder.close()
     assert proc.returncode != 0
     assert "Address already in use" in out or "Couldn't listen" in out
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_socket_ownership_applied_before_privileges_drop(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    os.chmod(tmp_path, 0o755)
+    path = str(tmp_path / "owned.sock")
+    proc = run_server(TWISTD, tmp_path, "-n", "--pidfile=", "--uid", str(nobody.pw_uid),
+                      "--gid", str(nobody.pw_gid), "dc_server", "--listen", f"UNIX:{path}",
+                      "--sockowner", "nobody", "--sockperms", "0600")
+    try:
+        assert wait_for(lambda: os.path.exists(path))
+        st = os.stat(path)
+        assert st.st_uid == nobody.pw_uid and stat.S_IMODE(st.st_mode) == 0o600
+        # the server runs as nobody now
+        status = open(f"/proc/{proc.pid}/status").read()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:3] == [str(nobody.pw_uid)] * 2
+        assert blocking_exchange(socket.AF_UNIX, path, REQUESTS, len(REPLIES)) == REPLIES
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_systemd_socket_activation(tmp_path):
+    """An inherited listening socket (systemd's LISTEN_FDS protocol) is served."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(tmp_path / "activated.sock")
+    listener.bind(path)
+    listener.listen(16)
+    fd = listener.fileno()
+    twistd = " ".join(f"'{a}'" for a in TWISTD)
+    script = (f"exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cache exec {twistd} "
+              f"-n --pidfile= dc_server --listen systemd:domain=UNIX:index=0")
+    proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, pass_fds=(fd,),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    listener.close()
+    try:
+        assert blocking_exchange(socket.AF_UNIX, path, REQUESTS, len(REPLIES),
+                                 timeout=20) == REPLIES
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert "dc_server started" in out
