@@ -477,7 +477,6 @@ class DataChannel(Protocol):
                 if pos is None:
                     return
             self._write_cmd = cmd
-            self._write_error = None
             self.parser.begin_data()
             t.write(mc.ack(cmd))
         elif isinstance(event, mc.Locate):
@@ -516,6 +515,11 @@ class DataChannel(Protocol):
         transfer = self.transfer
         self._closed = True
         try:
+            if self._write_error is not None:
+                # a block was not stored: the file has a hole and must not become visible
+                if transfer.upload is not None:
+                    transfer.upload.abort()
+                raise self._write_error
             transfer.commit(adler32)
         except TransferError as e:
             log.warn("transfer {sid} ({label}) failed at close: {message}",

@@ -239,3 +239,45 @@ def test_a_connect_back_that_arrives_after_the_transfer_ended_is_dropped():
     ch.makeConnection(t)
     assert t.value() == b""
     assert t.disconnecting or t.disconnected
+
+
+def test_a_block_that_cannot_be_stored_fails_the_close_and_keeps_the_old_version(pool):
+    """A failed write (disk full) is reported at FIN, and CLOSE must not commit a file with a hole."""
+    up = pool.open_write("/precious", ROOT, 0o644)
+    up.file.write(b"old contents")
+    up.commit()
+    tr = write_transfer(pool, "/precious")
+    outcome = []
+    tr.finished.addCallback(outcome.append)
+    ch, t = channel_for(tr)
+    real_write_at = tr.write_at
+    calls = []
+
+    def write_at(offset, data):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_write_at(offset, data)
+
+    tr.write_at = write_at
+    payload = b"n" * 3000
+    ch.dataReceived(mc.encode_write() + mc.encode_data(payload[:1000]))
+    ch.dataReceived(mc.encode_write() + mc.encode_data(payload[1000:2000]))
+    ch.dataReceived(mc.encode_write() + mc.encode_data(payload[2000:]))
+    ch.dataReceived(mc.encode_close(zlib.adler32(payload)))
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    fin = r.reply()
+    assert fin[:2] == (mc.FIN, mc.WRITE) and fin[2] != 0 and b"No space left" in fin[3]
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    fin = r.reply()
+    assert fin[:2] == (mc.FIN, mc.WRITE) and fin[2] != 0
+    close = r.reply()
+    assert close[:2] == (mc.ACK, mc.CLOSE) and close[2] != 0
+    assert outcome and outcome[0] is not None
+    entry = pool.namespace.lookup("/precious", ROOT)
+    assert entry.size == len(b"old contents")
+    with pool.open_read(entry) as f:
+        assert f.read() == b"old contents"
