@@ -193,12 +193,7 @@ class UpstreamProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._dropped:
             return
-        error = None
-        try:
-            messages = self._decoder.feed(data)
-        except wire.ProtocolError as e:
-            error = e
-            messages = e.messages
+        messages, error = self._decoder.receive(data)
         link = self.link
         in_flight = link.in_flight
         touched = set()
@@ -306,12 +301,7 @@ class LocalProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._paused & PAUSE_CLOSING:
             return
-        error = None
-        try:
-            messages = self._decoder.feed(data)
-        except wire.ProtocolError as e:
-            error = e
-            messages = e.messages
+        messages, error = self._decoder.receive(data)
         factory = self.factory
         if factory.idle:
             self._last = factory.clock.seconds()

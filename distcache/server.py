@@ -95,12 +95,7 @@ class CacheServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        error = None
-        try:
-            messages = self._decoder.feed(data)
-        except wire.ProtocolError as e:
-            error = e
-            messages = e.messages
+        messages, error = self._decoder.receive(data)
         out: List[bytes] = []
         try:
             for message in messages:

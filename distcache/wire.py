@@ -203,6 +203,17 @@ class Decoder:
                 del buf[:pos]
         return out
 
+    def receive(self, data: bytes) -> Tuple[List[Message], Optional[ProtocolError]]:
+        """Like :meth:`feed`, but a fault comes back beside the messages decoded before it.
+
+        Peers answer those messages first and then close: that is what every
+        connection of the suite does with a malformed stream.
+        """
+        try:
+            return self.feed(data), None
+        except ProtocolError as e:
+            return e.messages, e
+
     def _bad_version(self, buf: bytearray, pos: int) -> None:
         (level,) = struct.unpack_from(">I", buf, pos)
         raise ProtocolError(f"protocol level 0x{level:08x}, expected 0x{PROTO_LEVEL:08x}")

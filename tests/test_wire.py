@@ -194,3 +194,10 @@ def test_well_versioned_garbage_raises_only_protocol_error(frames):
             assert isinstance(m, wire.Message)
     except wire.ProtocolError:
         pass
+
+
+def test_receive_returns_messages_and_the_fault_beside_them():
+    good = wire.encode_request(5, wire.OP_HAVE, b"id")
+    assert wire.Decoder().receive(good) == ([wire.Message(False, 5, wire.OP_HAVE, b"id")], None)
+    messages, error = wire.Decoder().receive(good + header(op=9))
+    assert [m.uid for m in messages] == [5] and isinstance(error, wire.ProtocolError)
