@@ -288,3 +288,4 @@ def short_socket_dir() -> str:
     """A fresh directory whose socket paths stay well under the unix-socket length limit."""
     import tempfile
     return tempfile.mkdtemp(prefix="dcc-", dir="/tmp")
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -13,7 +12,7 @@ from distcache.replies import (CacheConnectionLost, CacheTimeout, CacheUnreachab
                                MalformedReply, UnexpectedReply)
 
 import cache_support
-from cache_support import DcServerProcess, FakeCache, first_connection_only, short_socket_dir
+from cache_support import DcServerProcess, FakeCache, first_connection_only
 
 MODES = [
     Mode.PER_OPERATION,
@@ -26,21 +25,6 @@ MODES = [
 PERSISTENT_MODES = MODES[1:]
 
 
-@pytest.fixture(scope="module")
-def server():
-    directory = short_socket_dir()
-    process = DcServerProcess(os.path.join(directory, "cache"),
-                              tcp_port=cache_support.free_tcp_port()).start()
-    yield process
-    process.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def sockdir():
-    path = short_socket_dir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def exercise(cache: SessionCache, tag: bytes) -> None:

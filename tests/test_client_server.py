@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
@@ -15,15 +13,6 @@ from distcache import wire
 from distcache.client import CacheConnectionLost, connect
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
-
-from cache_support import short_socket_dir
-
-
-@pytest.fixture
-def sockdir():
-    path = short_socket_dir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest_twisted.inlineCallbacks

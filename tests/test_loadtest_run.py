@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,25 +13,9 @@ import pytest
 from distcache import loadtest
 
 import cache_support
-from cache_support import (DcClientProcess, DcServerProcess, FakeCache, repo_env,
-                           short_socket_dir)
+from cache_support import DcClientProcess, DcServerProcess, FakeCache, repo_env
 
 
-@pytest.fixture(scope="module")
-def server():
-    directory = short_socket_dir()
-    process = DcServerProcess(os.path.join(directory, "cache"),
-                              tcp_port=cache_support.free_tcp_port()).start()
-    yield process
-    process.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def sockdir():
-    path = short_socket_dir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Terminal(io.StringIO):

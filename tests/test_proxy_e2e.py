@@ -15,7 +15,7 @@ from distcache.client_tap import ClientProxyService
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
 
-from proxy_support import Collector, collector_factory, requests_and_replies
+from proxy_support import collector_factory, requests_and_replies
 
 RETRY_MS = 150
 

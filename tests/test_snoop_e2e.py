@@ -144,9 +144,9 @@ def test_arbitrary_bytes_cross_unchanged_both_ways_on_many_pairs(reactor):
                        for line in mine)
             assert any(line.startswith(f"pair {n} S>C malformed after 0 messages")
                        for line in mine)
-            assert mine[-1].endswith(f"C>S 100016 bytes in 1 messages (undecoded after the "
-                                     f"fault); S>C 150000 bytes in 0 messages (undecoded "
-                                     f"after the fault)")
+            assert mine[-1].endswith("C>S 100016 bytes in 1 messages (undecoded after the "
+                                     "fault); S>C 150000 bytes in 0 messages (undecoded "
+                                     "after the fault)")
     finally:
         yield rig.close()
 

@@ -1,6 +1,5 @@
 """The session store's semantics on a fake clock: expiry, limits, soonest-expiry eviction."""
 
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -22,7 +22,7 @@ line of any value it refuses.
 import shlex
 from dataclasses import dataclass, field
 
-from distcache.dcap.configsource import ConfigError, Setting, origin_of
+from distcache.dcap.configsource import ConfigError, Setting, origin_of, read_config_text
 
 
 @dataclass
@@ -124,12 +124,7 @@ def parse_batch(text, filename="<batch>"):
 
 def read_batch(path):
     """Read and parse a batch file; an unreadable file is a ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(str(path), f"cannot read batch file: {e}") from None
-    return parse_batch(text, str(path))
+    return parse_batch(read_config_text(path, "batch file"), str(path))
 
 
 def parse_option_line(text, origin):

@@ -27,6 +27,15 @@ class Setting:
     origin: str
 
 
+def read_config_text(path, kind):
+    """The text of a configuration file; an unreadable one is a ConfigError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), f"cannot read {kind}: {e}") from None
+
+
 def origin_of(filename, lineno):
     """The conventional FILE:LINE spelling of a place in a configuration file."""
     return f"{filename}:{lineno}"

@@ -12,7 +12,7 @@ options here act as that pool's create-line options.
 
 from dataclasses import dataclass, field
 
-from distcache.dcap.configsource import ConfigError, Setting, origin_of
+from distcache.dcap.configsource import ConfigError, Setting, origin_of, read_config_text
 
 STICKY_VALUES = ("allowed", "denied")
 
@@ -73,9 +73,4 @@ def parse_poollist(text, filename="<poollist>"):
 
 def read_poollist(path):
     """Read and parse a poollist file; an unreadable file is a ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(str(path), f"cannot read poollist: {e}") from None
-    return parse_poollist(text, str(path))
+    return parse_poollist(read_config_text(path, "poollist"), str(path))
