@@ -170,3 +170,75 @@ def test_an_mtls_address_without_a_ca_is_a_clear_start_up_error(pki):
         env=repo_env(), capture_output=True, timeout=60)
     assert result.returncode != 0
     assert b"caCerts=CA.pem" in result.stdout + result.stderr
+
+
+# The tls: client form everywhere an address is taken ---------------------------------
+
+def _child(tool, *argv):
+    return subprocess.Popen(
+        [sys.executable, "-c", f"from distcache.cflags import {tool}; {tool}()", *argv],
+        env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _dc_test(*argv):
+    import io
+    from distcache import loadtest
+    out, err = io.StringIO(), io.StringIO()
+    return loadtest.main(list(argv), out, err), out.getvalue() + err.getvalue()
+
+
+def test_the_blocking_client_speaks_tls_with_a_client_certificate(pki, mtls_server):
+    from distcache.blocking import Mode, SessionCache
+    good = tls_connect(mtls_server.port, pki["ca"], pki["client"])
+    for mode in (Mode.PER_OPERATION, Mode.PERSISTENT):
+        with SessionCache(good, mode, timeout=5) as cache:
+            assert cache.add(b"blocking-%d" % mode, b"over tls", 60000) is True
+            assert cache.get(b"blocking-%d" % mode) == b"over tls"
+    with pytest.raises(CacheError):
+        SessionCache(tls_connect(mtls_server.port, pki["ca"]), timeout=5).has(b"x")
+
+
+def test_dc_test_connects_with_tls(pki, mtls_server):
+    good = tls_connect(mtls_server.port, pki["ca"], pki["client"])
+    status, output = _dc_test("-connect", good, "-sessions", "5", "-ops", "200")
+    assert status == 0, output
+    status, output = _dc_test("-connect", tls_connect(mtls_server.port, pki["ca"]),
+                              "-sessions", "5", "-ops", "20")
+    assert status == 1, output
+
+
+@pytest.mark.parametrize("tool", ["dc_client", "dc_snoop"])
+def test_the_server_leg_of_dc_client_and_dc_snoop_speaks_tls(pki, mtls_server, sockdir, tool):
+    from cache_support import wait_until_connectable
+    import socket as _socket
+    local = os.path.join(sockdir, tool)
+    child = _child(tool, "-listen", f"UNIX:{local}",
+                   "-server", tls_connect(mtls_server.port, pki["ca"], pki["client"]))
+    try:
+        wait_until_connectable(_socket.AF_UNIX, local)
+        status, output = _dc_test("-connect", f"UNIX:{local}", "-sessions", "5", "-ops", "200",
+                                  "-timeout", "30")
+        assert status == 0, output
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+@pytest.mark.parametrize("tool", ["dc_client", "dc_snoop"])
+def test_dc_client_and_dc_snoop_listen_with_mtls_too(pki, mtls_server, tool):
+    port = free_tcp_port()
+    child = _child(tool, "-listen", mtls_listen(port, pki["server"], pki["ca"]),
+                   "-server", tls_connect(mtls_server.port, pki["ca"], pki["client"]))
+    try:
+        from cache_support import wait_until_connectable
+        import socket as _socket
+        wait_until_connectable(_socket.AF_INET, ("127.0.0.1", port))
+        status, output = _dc_test("-connect", tls_connect(port, pki["ca"], pki["client"]),
+                                  "-sessions", "5", "-ops", "100", "-timeout", "30")
+        assert status == 0, output
+        status, output = _dc_test("-connect", tls_connect(port, pki["ca"], pki["stranger"]),
+                                  "-sessions", "5", "-ops", "10")
+        assert status == 1, output
+    finally:
+        child.kill()
+        child.wait(10)
