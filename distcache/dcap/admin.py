@@ -14,7 +14,11 @@ import zlib
 from twisted.internet import defer, task
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, BadName, DcapError, check_name
+from distcache.dcap.errors import (
+    RC_FILE_NOT_FOUND, RC_INVALID_ARGS, RC_NOT_DIRECTORY, BadName, DcapError,
+)
+from distcache.dcap.names import check_name
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import BLOCK, open_pool
 
 DEFAULT_ROOT = os.path.join("var", "dcap")
@@ -173,17 +177,17 @@ class Admin:
     def import_tree(self, source, dest, owner=None, replace=False):
         """Copy source (a directory or a file) to dest; bad names are skipped."""
         if not os.path.exists(source):
-            raise DcapError(10001, "%s does not exist" % source)
+            raise DcapError(RC_FILE_NOT_FOUND, "%s does not exist" % source)
         if os.path.isfile(source) and not os.path.islink(source):
             self._import_file(source, self._file_target(source, dest), owner, replace)
             return
         if not os.path.isdir(source) or os.path.islink(source):
-            raise DcapError(10015, "%s is not a regular file or directory" % source)
+            raise DcapError(RC_INVALID_ARGS, "%s is not a regular file or directory" % source)
         if not self._exists(dest):
             self.mkdir(dest, parents=True)
         base = self.ns.lookup(dest, ROOT)
         if not base.is_dir:
-            raise DcapError(22, "%s is not a directory" % dest, "ENOTDIR")
+            raise DcapError(RC_NOT_DIRECTORY, "%s is not a directory" % dest, "ENOTDIR")
         top = base.path.rstrip("/")
         for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
             rel = os.path.relpath(dirpath, source)
@@ -331,7 +335,7 @@ class Admin:
             self.say("tape back end: directory %s" % os.path.abspath(args.directory))
         else:
             if not os.access(args.script, os.X_OK):
-                raise DcapError(10015, "%s is not an executable script" % args.script)
+                raise DcapError(RC_INVALID_ARGS, "%s is not an executable script" % args.script)
             hsm.save_config(self.root, "script", args.script, timeout=args.timeout,
                             retries=args.retries, retry_delay=args.retry_delay,
                             hsm_type=args.hsm_type, instance=args.instance,

@@ -29,7 +29,7 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from distcache.dcap.namespace import (
+from distcache.dcap.errors import (
     RC_BROKEN_ON_TAPE,
     RC_DISK_IO,
     RC_HSM_DELAY,

@@ -18,20 +18,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from distcache.dcap.namespace import (
+from distcache.dcap.errors import (
     RC_DISK_IO,
     RC_NOT_CACHED,
+    RC_NOT_FILE,
+    RC_NOT_ONLINE,
     RC_NOT_REGULAR,
     DcapError,
     NotCached,
     StageFailed,
-    open_namespace,
 )
+from distcache.dcap.sqlite_namespace import open_namespace
 
 log = Logger()
 
 BLOCK = 1 << 20
-RC_NOT_ONLINE = 10019
 
 
 def adler32_of_file(path, block=BLOCK):
@@ -198,7 +199,7 @@ class Pool:
     def open_read(self, entry):
         """A binary file object on the disk copy (NotCached rc 4 without one)."""
         if not entry.is_file:
-            raise DcapError(1, "Not a File")
+            raise DcapError(RC_NOT_FILE, "Not a File")
         try:
             return open(self.data_path(entry), "rb")
         except FileNotFoundError:

@@ -6,7 +6,8 @@ import pytest
 from twisted.internet import task
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, DcapError, NotCached, StageFailed
+from distcache.dcap.errors import DcapError, NotCached, StageFailed
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
 

@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, StageFailed
+from distcache.dcap.errors import StageFailed
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
 # A tape in a directory, driven the dCache way: it logs its arguments,

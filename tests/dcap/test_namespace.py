@@ -2,19 +2,10 @@
 
 import pytest
 
-from distcache.dcap.namespace import (
-    ROOT,
-    Access,
-    BadName,
-    DcapError,
-    Denied,
-    INamespace,
-    SQLiteNamespace,
-    Subject,
-    listing_text,
-    open_namespace,
-    pnfsid_of,
-)
+from distcache.dcap.errors import BadName, DcapError, Denied
+from distcache.dcap.names import pnfsid_of
+from distcache.dcap.namespace import ROOT, Access, INamespace, Subject, listing_text
+from distcache.dcap.sqlite_namespace import SQLiteNamespace, open_namespace
 
 ALICE = Subject(1000, 100)
 BOB = Subject(2000, 200)

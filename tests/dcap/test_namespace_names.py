@@ -4,15 +4,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distcache.dcap.namespace import (
-    ROOT,
-    BadName,
-    DcapError,
-    check_name,
-    listing_text,
-    open_namespace,
-    split_path,
-)
+from distcache.dcap.errors import BadName, DcapError
+from distcache.dcap.names import check_name, split_path
+from distcache.dcap.namespace import ROOT, listing_text
+from distcache.dcap.sqlite_namespace import open_namespace
 
 segments = st.one_of(
     st.sampled_from(["..", ".", "", "%2e%2e", "a:b", "x\x00y", "\u00e9t\u00e9", "a\nb",

@@ -5,7 +5,8 @@ import zlib
 
 import pytest
 
-from distcache.dcap.namespace import ROOT, DcapError, NotCached, Subject
+from distcache.dcap.errors import DcapError, NotCached
+from distcache.dcap.namespace import ROOT, Subject
 from distcache.dcap.pool import Pool, adler32_of_file, open_pool
 
 

@@ -17,7 +17,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, Exists
+from distcache.dcap.errors import Exists
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
 from interop_support import Door, dccp

@@ -7,7 +7,8 @@ import time
 import zlib
 
 from distcache.dcap import mover_codec as mc
-from distcache.dcap.namespace import NotFound, ROOT
+from distcache.dcap.errors import NotFound
+from distcache.dcap.namespace import ROOT
 
 from rawclient import ControlClient, DataClient
 
