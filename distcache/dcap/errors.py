@@ -43,16 +43,10 @@ class DcapError(Exception):
         self.message = message
         self.posix = posix
 
-    def reply_args(self):
-        """The text after ``failed `` in the door's reply (ASCII only)."""
-        text = self.message.encode("ascii", "backslashreplace").decode("ascii")
-        text = text.replace("\\", "\\\\").replace('"', '\\"')
-        text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
-        tail = f" {self.posix}" if self.posix else ""
-        return f'{self.rc} "{text}"{tail}'
-
     def __str__(self):
-        return self.reply_args()
+        """For logs and dcap-admin; the door's reply is ``control.failed``."""
+        tail = ", %s" % self.posix if self.posix else ""
+        return "%s (rc %d%s)" % (self.message, self.rc, tail)
 
 
 class NotFound(DcapError):

@@ -5,6 +5,7 @@ import pathlib
 
 from distcache.dcap import errors, mover
 from distcache.dcap.errors import DcapError, TransferError
+from replies import failed_args
 
 PACKAGE = pathlib.Path(errors.__file__).parent
 
@@ -87,3 +88,15 @@ def test_dcap_imports_have_no_cycles():
 
     for module in graph:
         visit(module, [])
+
+
+def test_the_door_reply_of_an_error_is_escaped_by_control_alone():
+    e = errors.BadName(errors.RC_INVALID_ARGS, 'bad "name" a\\b \u00e9', "EINVAL")
+    assert failed_args(e) == '10015 "bad \\x22name\\x22 a\\x5cb \\xe9" EINVAL'
+    assert not hasattr(DcapError, "reply_args")
+
+
+def test_str_of_an_error_is_a_log_line_naming_the_code():
+    assert str(errors.NotFound(10001, "No such file or directory", "ENOENT")) == \
+        "No such file or directory (rc 10001, ENOENT)"
+    assert str(errors.ReadOnly(1, "File is readOnly")) == "File is readOnly (rc 1)"
