@@ -7,19 +7,20 @@ in the root by ``dcap-admin tape``, the same one the door loads.
 
 import argparse
 import os
+import shutil
 import stat
 import sys
-import zlib
 
 from twisted.internet import defer, task
 
 from distcache.dcap import hsm
+from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
-    RC_FILE_NOT_FOUND, RC_INVALID_ARGS, RC_NOT_DIRECTORY, BadName, DcapError,
+    RC_DIR_EXISTS, RC_FILE_NOT_FOUND, RC_INVALID_ARGS, RC_NOT_DIRECTORY, BadName, DcapError,
 )
 from distcache.dcap.names import check_name
 from distcache.dcap.namespace import ROOT
-from distcache.dcap.pool import BLOCK, open_pool
+from distcache.dcap.pool import open_pool
 
 DEFAULT_ROOT = os.path.join("var", "dcap")
 
@@ -238,7 +239,7 @@ class Admin:
             try:
                 self.ns.mkdir(target, ROOT, stat.S_IMODE(st.st_mode))
             except DcapError as e:
-                if e.rc != 20 or not self.ns.lookup(target, ROOT).is_dir:
+                if e.rc != RC_DIR_EXISTS or not self.ns.lookup(target, ROOT).is_dir:
                     raise
             uid, gid = owner or (st.st_uid, st.st_gid)
             self.ns.chown(target, ROOT, uid, st.st_gid if gid is None else gid)
@@ -258,15 +259,9 @@ class Admin:
         upload.ticket.uid = uid
         upload.ticket.gid = st.st_gid if gid is None else gid
         try:
-            adler = 1
             with open(local, "rb") as f:
-                while True:
-                    chunk = f.read(BLOCK)
-                    if not chunk:
-                        break
-                    upload.file.write(chunk)
-                    adler = zlib.adler32(chunk, adler)
-            entry = upload.commit(None, adler)
+                shutil.copyfileobj(f, upload.file, BLOCK_SIZE)
+            entry = upload.commit()
         except (OSError, DcapError) as e:
             upload.abort()
             self.complain(local, e)

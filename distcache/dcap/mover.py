@@ -30,12 +30,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from distcache.dcap import mover_codec as mc
+from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_of
 from distcache.dcap.errors import RC_DISK_IO, RC_INVALID_ARGS, TransferError
 
 log = Logger()
 
-#: Bytes per DATA block sent to the client.
-BLOCK_SIZE = 1 << 20
 #: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
 #: fewer trips through the reactor for a write's DATA blocks.
 RECEIVE_SIZE = 256 * 1024
@@ -72,7 +71,7 @@ class Transfer:
         self.block_size = BLOCK_SIZE
         self.watch = None
         # running adler32, valid while the file is written front to back
-        self._adler: Optional[int] = 1 if size == 0 else None
+        self._adler: Optional[int] = ADLER32_START if size == 0 else None
         self._fpos = -1
         self._done = False
 
@@ -117,7 +116,8 @@ class Transfer:
         self.upload.file.flush()
         adler = self._adler
         if adler is None:
-            adler = _adler_of(self.upload.file)
+            self.upload.file.seek(0)
+            adler = adler32_of(self.upload.file)
         if client_adler32 is not None and client_adler32 != adler:
             self.upload.abort()
             raise TransferError(RC_DISK_IO, "Checksum mismatch: client 0x%08x, pool 0x%08x"
@@ -152,16 +152,6 @@ class Transfer:
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.abortConnection()
         self.finish(TransferError(RC_DISK_IO, reason, "EIO"))
-
-
-def _adler_of(f) -> int:
-    f.seek(0)
-    value = 1
-    while True:
-        chunk = f.read(BLOCK_SIZE)
-        if not chunk:
-            return value
-        value = zlib.adler32(chunk, value)
 
 
 @implementer(IPushProducer)

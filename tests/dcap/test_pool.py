@@ -7,7 +7,8 @@ import pytest
 
 from distcache.dcap.errors import DcapError, NotCached
 from distcache.dcap.namespace import ROOT, Subject
-from distcache.dcap.pool import Pool, adler32_of_file, open_pool
+from distcache.dcap.checksum import adler32_of_file
+from distcache.dcap.pool import Pool, open_pool
 from replies import failed_args
 
 
