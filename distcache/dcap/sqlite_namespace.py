@@ -86,19 +86,19 @@ class SQLiteNamespace:
         self._db = sqlite3.connect(
             os.path.join(root, DB_NAME), timeout=busy_timeout, isolation_level=None
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=%d" % int(busy_timeout * 1000))
+        self._run("PRAGMA journal_mode=WAL")
+        self._run("PRAGMA synchronous=NORMAL")
+        self._run("PRAGMA busy_timeout=%d" % int(busy_timeout * 1000))
         with self._write():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
-                    self._db.execute(statement)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(inode)")}
+                    self._run(statement)
+            columns = {r[1] for r in self._all("PRAGMA table_info(inode)")}
             if "staging" not in columns:
-                self._db.execute("ALTER TABLE inode ADD COLUMN staging INTEGER")
+                self._run("ALTER TABLE inode ADD COLUMN staging INTEGER")
             if self._row_by_ino(ROOT_INO) is None:
                 now = self._clock()
-                self._db.execute(
+                self._run(
                     "INSERT INTO inode (ino, parent, name, type, mode, uid, gid,"
                     " atime, mtime, ctime) VALUES (?, 0, '', 'd', ?, 0, 0, ?, ?, ?)",
                     (ROOT_INO, 0o755, now, now, now),
@@ -106,6 +106,24 @@ class SQLiteNamespace:
 
     def close(self):
         self._db.close()
+
+    # -- statements -------------------------------------------------------
+    #
+    # Every statement runs to completion and its cursor is closed at once:
+    # an open cursor keeps its statement active (and, outside a
+    # transaction, a read lock), so COMMIT fails with "SQL statements in
+    # progress" and other connections see "database is locked" wherever
+    # cursors are only reclaimed by the garbage collector (PyPy).
+
+    def _run(self, sql, args=()):
+        return _run(self._db, sql, args)
+
+    def _all(self, sql, args=()):
+        return _all(self._db, sql, args)
+
+    def _one(self, sql, args=()):
+        rows = _all(self._db, sql, args)
+        return rows[0] if rows else None
 
     # -- transactions ---------------------------------------------------
 
@@ -115,15 +133,15 @@ class SQLiteNamespace:
     # -- rows and paths -------------------------------------------------
 
     def _row_by_ino(self, ino):
-        return self._db.execute(
+        return self._one(
             "SELECT %s FROM inode WHERE ino = ?" % _COLUMNS, (ino,)
-        ).fetchone()
+        )
 
     def _child(self, parent, name):
-        return self._db.execute(
+        return self._one(
             "SELECT %s FROM inode WHERE parent = ? AND name = ?" % _COLUMNS,
             (parent, name),
-        ).fetchone()
+        )
 
     @staticmethod
     def _entry(row, path):
@@ -201,13 +219,13 @@ class SQLiteNamespace:
             if not _may(parent, subject, 3):
                 raise Denied(RC_DENIED, "Permission denied", "EACCES")
             now = self._clock()
-            cur = self._db.execute(
+            new_ino = self._run(
                 "INSERT INTO inode (parent, name, type, mode, uid, gid, atime, mtime, ctime)"
                 " VALUES (?, ?, 'd', ?, ?, ?, ?, ?, ?)",
                 (parent.ino, name, mode & 0o7777, subject.uid, subject.gid, now, now, now),
             )
             self._touch(parent.ino, now)
-            entry = self._entry(self._row_by_ino(cur.lastrowid), join_path(parts))
+            entry = self._entry(self._row_by_ino(new_ino), join_path(parts))
         log.debug("mkdir {path} by uid {uid}", path=entry.path, uid=subject.uid)
         return entry
 
@@ -232,11 +250,11 @@ class SQLiteNamespace:
                 raise NotADirectory(RC_RMDIR_REFUSED, "Not a directory", "EACCES")
             if not _may(parent, subject, 3):
                 raise Denied(RC_RMDIR_REFUSED, "Permission denied", "EACCES")
-            if self._db.execute(
+            if self._one(
                 "SELECT 1 FROM inode WHERE parent = ? LIMIT 1", (entry.ino,)
-            ).fetchone():
+            ):
                 raise NotEmpty(RC_RMDIR_REFUSED, "Directory is not empty", "EACCES")
-            self._db.execute("DELETE FROM inode WHERE ino = ?", (entry.ino,))
+            self._run("DELETE FROM inode WHERE ino = ?", (entry.ino,))
             self._touch(parent.ino, self._clock())
         return entry
 
@@ -257,7 +275,7 @@ class SQLiteNamespace:
                 raise IsADirectory(RC_IS_DIRECTORY, "Path is a Directory", "EISDIR")
             if not _may(parent, subject, 3):
                 raise Denied(RC_DENIED, "Permission denied", "EACCES")
-            self._db.execute("DELETE FROM inode WHERE ino = ?", (entry.ino,))
+            self._run("DELETE FROM inode WHERE ino = ?", (entry.ino,))
             self._touch(parent.ino, self._clock())
         return entry
 
@@ -267,7 +285,7 @@ class SQLiteNamespace:
             entry = self._lookup(path, subject)
             if not (subject.superuser or subject.uid == entry.uid):
                 raise Denied(RC_DENIED, "Permission denied", "EACCES")
-            self._db.execute(
+            self._run(
                 "UPDATE inode SET mode = ?, ctime = ? WHERE ino = ?",
                 (mode & 0o7777, self._clock(), entry.ino),
             )
@@ -281,7 +299,7 @@ class SQLiteNamespace:
                 uid == entry.uid == subject.uid and (gid is None or subject.in_group(gid))
             ):
                 raise Denied(RC_DENIED, "Permission denied", "EACCES")
-            self._db.execute(
+            self._run(
                 "UPDATE inode SET uid = ?, gid = ?, ctime = ? WHERE ino = ?",
                 (uid, entry.gid if gid is None else gid, self._clock(), entry.ino),
             )
@@ -295,7 +313,7 @@ class SQLiteNamespace:
                 entry.uid == subject.uid and subject.in_group(gid)
             ):
                 raise Denied(RC_DENIED, "Permission denied", "EACCES")
-            self._db.execute(
+            self._run(
                 "UPDATE inode SET gid = ?, ctime = ? WHERE ino = ?",
                 (gid, self._clock(), entry.ino),
             )
@@ -327,7 +345,7 @@ class SQLiteNamespace:
                     RC_INVALID_ARGS, "Cannot move a directory into itself", "EINVAL"
                 )
             now = self._clock()
-            self._db.execute(
+            self._run(
                 "UPDATE inode SET parent = ?, name = ?, ctime = ? WHERE ino = ?",
                 (dst_parent.ino, dst_name, now, entry.ino),
             )
@@ -344,10 +362,10 @@ class SQLiteNamespace:
         if not _may(directory, subject, 4):
             raise Denied(RC_DENIED, "Permission denied", "EACCES")
         base = directory.path.rstrip("/")
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT %s FROM inode WHERE parent = ? ORDER BY name" % _COLUMNS,
             (directory.ino,),
-        ).fetchall()
+        )
         return [self._entry(r, base + "/" + r[2]) for r in rows]
 
     def open_read(self, path, subject):
@@ -394,9 +412,9 @@ class SQLiteNamespace:
                 expected = ticket.old.ino if ticket.old is not None else None
                 if not ticket.replace and current.ino != expected:
                     raise ReadOnly(RC_NOT_FILE, "File is readOnly")
-                self._db.execute("DELETE FROM inode WHERE ino = ?", (current.ino,))
+                self._run("DELETE FROM inode WHERE ino = ?", (current.ino,))
             now = self._clock()
-            cur = self._db.execute(
+            new_ino = self._run(
                 "INSERT INTO inode (parent, name, type, mode, uid, gid, size, atime,"
                 " mtime, ctime, adler32, on_disk, pool)"
                 " VALUES (?, ?, 'f', ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
@@ -404,7 +422,7 @@ class SQLiteNamespace:
                  size, now, now, now, adler32, pool),
             )
             self._touch(ticket.parent, now)
-            new = self._entry(self._row_by_ino(cur.lastrowid), ticket.path)
+            new = self._entry(self._row_by_ino(new_ino), ticket.path)
             place_data(new.pnfsid)
         return new, current
 
@@ -415,22 +433,22 @@ class SQLiteNamespace:
             if row is None:
                 raise NotFound(RC_FILE_NOT_FOUND, "No such file or directory", "ENOENT")
             if on_disk is not None:
-                self._db.execute(
+                self._run(
                     "UPDATE inode SET on_disk = ? WHERE ino = ?", (int(on_disk), ino)
                 )
             if tape_uri is not None:
-                self._db.execute(
+                self._run(
                     "UPDATE inode SET tape_uri = ? WHERE ino = ?", (tape_uri or None, ino)
                 )
             if pool is not None:
-                self._db.execute("UPDATE inode SET pool = ? WHERE ino = ?", (pool, ino))
+                self._run("UPDATE inode SET pool = ? WHERE ino = ?", (pool, ino))
             row = self._row_by_ino(ino)
         return self._entry(row, self._path_of(row))
 
     def set_staging(self, pnfsid, pid):
         ino = ino_of(pnfsid)
         with self._write():
-            self._db.execute("UPDATE inode SET staging = ? WHERE ino = ?", (pid, ino))
+            self._run("UPDATE inode SET staging = ? WHERE ino = ?", (pid, ino))
 
     def walk(self, path, subject=ROOT):
         top = self._lookup(path, subject)
@@ -448,9 +466,28 @@ class SQLiteNamespace:
                 stack.append(iter(self.listdir(child.path, subject)))
 
     def _touch(self, ino, now):
-        self._db.execute(
+        self._run(
             "UPDATE inode SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, ino)
         )
+
+
+def _all(db, sql, args=()):
+    """Every row of one statement; the cursor is closed before returning."""
+    cur = db.execute(sql, args)
+    try:
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def _run(db, sql, args=()):
+    """Run one statement to its end; its lastrowid (for an INSERT)."""
+    cur = db.execute(sql, args)
+    try:
+        cur.fetchall()
+        return cur.lastrowid
+    finally:
+        cur.close()
 
 
 class _Transaction:
@@ -465,16 +502,16 @@ class _Transaction:
 
     def __enter__(self):
         if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
+            _run(self._db, "BEGIN IMMEDIATE")
             self._outer = True
         return self._db
 
     def __exit__(self, exc_type, exc, tb):
         if self._outer:
             if exc_type is None:
-                self._db.execute("COMMIT")
+                _run(self._db, "COMMIT")
             else:
-                self._db.execute("ROLLBACK")
+                _run(self._db, "ROLLBACK")
         return False
 
 
