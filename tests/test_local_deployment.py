@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from netutil import wait_for
+from polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
@@ -23,7 +23,7 @@ def test_local_tac_serves_distcache_and_dcap(tmp_path):
          "--pidfile=", "-y", str(ROOT / "conf" / "local.tac")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_for(lambda: (tmp_path / "var" / "scache").exists()
+        assert wait_until(lambda: (tmp_path / "var" / "scache").exists()
                         and (tmp_path / "var" / "dc_server.sock").exists(), 20)
         # dc_test through the local dc_client, which forwards to the local dc_server
         test = subprocess.run([sys.executable, "-m", "distcache.loadtest", "-connect",
@@ -34,7 +34,7 @@ def test_local_tac_serves_distcache_and_dcap(tmp_path):
         src = tmp_path / "hello.txt"
         src.write_bytes(b"hello from the local deployment\n")
         url = f"dcap://127.0.0.1:{port}/hello.txt"
-        assert wait_for(lambda: subprocess.run(["dccp", str(src), url],
+        assert wait_until(lambda: subprocess.run(["dccp", str(src), url],
                                                capture_output=True).returncode == 0, 20)
         back = tmp_path / "back.txt"
         subprocess.run(["dccp", url, str(back)], check=True, capture_output=True, timeout=30)
