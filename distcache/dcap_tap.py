@@ -82,6 +82,8 @@ def door_config(options) -> DoorConfig:
 class DoorService(ConfiguredService):
     """Opens storage and the listening endpoint on start; pickles as config."""
 
+    program = "dcap-door"
+
     runtime = ("pool", "factory")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
