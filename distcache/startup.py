@@ -76,7 +76,7 @@ def describe(error: BaseException) -> str:
         return _os_reason(error)
     from distcache.address import AddressError
     if isinstance(error, AddressError):
-        return f"bad address: {error}; fix --listen"
+        return f"cannot listen: {error}; choose another --listen"
     text = str(error) or type(error).__name__
     return text.splitlines()[0] if text else type(error).__name__
 
