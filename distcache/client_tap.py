@@ -55,6 +55,8 @@ class Options(SocketOptions):
 class ClientProxyService(ConfiguredService):
     """dc_client as a service; holds only plain configuration until it starts."""
 
+    program = "dc_client"
+
     log = Logger()
     runtime = ("link",)
 

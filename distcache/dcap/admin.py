@@ -13,6 +13,7 @@ import sys
 
 from twisted.internet import defer, task
 
+from distcache import __version__
 from distcache.dcap import hsm
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
@@ -21,8 +22,7 @@ from distcache.dcap.errors import (
 from distcache.dcap.names import check_name
 from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
-
-DEFAULT_ROOT = os.path.join("var", "dcap")
+from distcache.dcap.stateroot import ENV as ROOT_ENV, NoStateDirectory, existing_root
 
 
 def _mode(text):
@@ -52,8 +52,10 @@ def build_parser():
         prog="dcap-admin",
         description="Manage the namespace, pool and tape of a DCAP door's state directory.",
     )
-    parser.add_argument("--root", default=DEFAULT_ROOT,
-                        help="state directory (default: %(default)s)")
+    parser.add_argument("--root", default=None,
+                        help="the door's state directory (default: $%s, else var/dcap "
+                             "if it exists here)" % ROOT_ENV)
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     parser.add_argument("--no-fsync", action="store_true",
                         help="do not fsync imported data (faster, less durable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -349,7 +351,12 @@ def run(argv, reactor, out=None, err=None):
     except SystemExit as e:
         return e.code
     try:
-        admin = Admin(args.root, reactor, out, err, fsync=not args.no_fsync)
+        root = existing_root(args.root)
+    except NoStateDirectory as e:
+        err.write("dcap-admin: %s\n" % e)
+        return 2
+    try:
+        admin = Admin(root, reactor, out, err, fsync=not args.no_fsync)
     except (OSError, ValueError) as e:
         err.write("dcap-admin: %s\n" % e)
         return 1
