@@ -61,7 +61,9 @@ class ProtocolError(Exception):
     server still answers before it closes.
     """
 
-    messages: "List[Message]" = []
+    def __init__(self, reason: str, messages: "Optional[List[Message]]" = None):
+        super().__init__(reason)
+        self.messages: "List[Message]" = [] if messages is None else messages
 
 
 class Message(NamedTuple):

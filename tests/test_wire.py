@@ -201,3 +201,10 @@ def test_receive_returns_messages_and_the_fault_beside_them():
     assert wire.Decoder().receive(good) == ([wire.Message(False, 5, wire.OP_HAVE, b"id")], None)
     messages, error = wire.Decoder().receive(good + header(op=9))
     assert [m.uid for m in messages] == [5] and isinstance(error, wire.ProtocolError)
+
+
+def test_each_protocol_error_has_its_own_messages():
+    first = wire.ProtocolError("one")
+    first.messages.append(wire.Message(False, 1, wire.OP_GET, b"x"))
+    assert wire.ProtocolError("two").messages == []
+    assert wire.ProtocolError("three", [first.messages[0]]).messages == first.messages
