@@ -127,6 +127,26 @@ def client_description(addr: Address) -> str:
     return addr.text
 
 
+def address_text(addr) -> str:
+    """A connection's address as an operator writes it: ``host:port``, ``[v6]:port``, ``UNIX:/path``.
+
+    Logs name peers this way, never by an address object's repr.
+    """
+    host = getattr(addr, "host", None)
+    if host is not None:
+        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+    if addr is None:
+        return "unknown"
+    name = getattr(addr, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if name:
+        return f"UNIX:{name}"
+    if type(addr).__name__ == "UNIXAddress":
+        return "UNIX (unnamed)"
+    return type(addr).__name__
+
+
 def server_endpoint(reactor, addr: Address):
     return endpoints.serverFromString(reactor, server_description(addr))
 

@@ -14,6 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from distcache import wire
+from distcache.address import address_text
 
 TO_SERVER = "C>S"
 TO_CLIENT = "S>C"
@@ -27,19 +28,6 @@ def session_id_text(session_id: bytes) -> str:
     if shown and all(0x20 <= b < 0x7F for b in shown) and b'"' not in shown:
         return f'"{shown.decode("ascii")}"{more}'
     return f"0x{shown.hex()}{more}" if shown else '""'
-
-
-def address_text(addr) -> str:
-    """A peer address as an operator would write it."""
-    host = getattr(addr, "host", None)
-    if host is not None:
-        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
-    name = getattr(addr, "name", None)
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    if name is not None:
-        return f"UNIX:{name}"
-    return "UNIX (unnamed)" if type(addr).__name__ == "UNIXAddress" else str(addr)
 
 
 def _size(n: int) -> str:
