@@ -273,7 +273,7 @@ def test_golden_vector_over_tcp_on_both_legs(reactor):
     try:
         while not proxy.link.connected:
             yield task.deferLater(reactor, 0.01, lambda: None)
-        assert proxy.link.protocol.transport.getTcpNoDelay()
+        assert proxy.link.upstream.transport.getTcpNoDelay()
         port = list(proxy)[0].port.getHost().port
         client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(collector_factory())
         client.transport.write(b"".join(requests))
