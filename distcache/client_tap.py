@@ -11,7 +11,8 @@ from twisted.python import usage
 from distcache import address
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
-from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
+from distcache.proxy import LocalFactory
+from distcache.upstream import ReportingEndpoint, ServerLink, UpstreamFactory
 from distcache.server_tap import SocketOptions, positive_int
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"

@@ -393,7 +393,7 @@ class Refusing:
 def link_lines(events):
     """The rendered dc_client link lines among captured log events."""
     return [formatEvent(e) for e in events
-            if e.get("log_namespace", "").startswith("distcache.proxy")]
+            if e.get("log_namespace", "").startswith("distcache.upstream")]
 
 
 def test_an_outage_is_one_line_a_reminder_every_five_minutes_and_one_line_when_over():
@@ -479,7 +479,7 @@ def test_the_reconnecting_service_says_nothing_per_attempt_or_connection():
 
 
 def test_every_input_is_specified_in_every_state():
-    from distcache.proxy import _INPUTS, _TABLE
+    from distcache.upstream import _INPUTS, _TABLE
     for state in LinkState:
         for name in _INPUTS:
             next_state, outputs = _TABLE[state, name]
