@@ -89,8 +89,9 @@ def _unix_path(args: str, whole: str) -> str:
             current.append(ch)
     parts.append("".join(current))
     for part in parts:
-        if part.startswith("address="):
-            return part[len("address="):]
+        for key in ("address=", "path="):  # the server's and the client's keyword
+            if part.startswith(key):
+                return part[len(key):]
     for part in parts:
         if "=" not in part and part:
             return part
