@@ -12,7 +12,8 @@ from twisted.python import usage
 from distcache import address
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
-from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
+from distcache.dcap.door import DoorFactory
+from distcache.dcap.doorconfig import DoorConfig, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
