@@ -12,7 +12,7 @@ from twisted.python import usage
 from distcache import address
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
-from distcache.dcap.door import DoorFactory
+from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
@@ -124,7 +124,7 @@ class DoorService(ConfiguredService):
     def startService(self):
         super().startService()
         self.factory.policy.start()
-        log.info("DCAP door listening on {address}, root {root}", address=self.port.getHost(),
+        log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
                  root=os.path.abspath(self.root))
 
     def stopService(self):

@@ -299,7 +299,7 @@ class DoorProtocol(LineOnlyReceiver):
         pool = self.factory.pool
         tid = self.factory.new_transfer_id()
         session = self._session(r, "open", path, tid=tid)
-        log.info("transfer {tid}: open {mode} {path} for {peer} (session {sid}) {options}",
+        log.info("transfer {tid}: open {mode} {path} {options} (session {sid} from {peer})",
                  tid=tid, mode=mode, path=path, peer=self.peer, sid=r.sid,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
         session.watch = self.factory.policy.watch_open(
@@ -410,6 +410,8 @@ class DoorProtocol(LineOnlyReceiver):
         d = connect_to_client(self.factory.reactor, host, port, channel)
 
         def connected(_):
+            log.info("transfer {tid}: mover connected back to {host}:{port}", tid=session.tid,
+                     host=host, port=port)
             session.mover_connected()
 
         def failed(f):
@@ -466,6 +468,7 @@ class DoorFactory(Factory):
     """What the control connections of one door share: storage, settings, and its stop."""
 
     protocol = DoorProtocol
+    noisy = False  # the door logs its own start and stop, without object reprs
 
     #: Seconds closing connections get to flush their last lines before they are cut.
     CLOSE_WAIT = 5.0

@@ -291,11 +291,13 @@ class Session:
 
     @_machine.output()
     def _log_failed(self, error):
-        log.info("{name} failed: {rc} {message}", name=self.name, rc=error.rc, message=error.message)
+        log.info("{name} ended: {command} failed: {rc} {message}", name=self.name,
+                 command=self.command, rc=error.rc, message=error.message)
 
     @_machine.output()
     def _log_timeout(self):
-        log.info("{name} ended: open deadline passed while waiting", name=self.name)
+        log.info("{name} ended: open deadline passed while waiting (failed {rc} {message})",
+                 name=self.name, rc=RC_TIMEOUT, message=TIMEOUT_MESSAGE)
 
     @_machine.output()
     def _log_interrupted(self):
