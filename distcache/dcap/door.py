@@ -326,12 +326,18 @@ class DoorProtocol(LineOnlyReceiver):
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
         upload = pool.open_write(path, subject, create_mode, replace=replace,
-                                 copy_existing=(mode == "rw"))
+                                 copy_existing=(mode == "rw"), overwrite_hint=self._overwrite_hint(r))
         size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
         transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
         self._watch(r, session)
         self.sessions[r.sid] = session
         self._start_mover(r, session, transfer)
+
+    def _overwrite_hint(self, r: Request) -> str:
+        """How a client whose write onto an existing file was refused can overwrite it."""
+        if not self.config.allow_truncate:
+            return "this door does not overwrite files (its --allow-truncate option allows it)"
+        return "the client did not ask to truncate (-truncate)"
 
     def _watch(self, r: Request, session: Session):
         """Put an accepted open under its openTimeout (client's -timeout first)."""

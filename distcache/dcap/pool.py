@@ -192,14 +192,16 @@ class Pool:
         except FileNotFoundError:
             raise NotCached(RC_NOT_CACHED, "File is not cached") from None
 
-    def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False):
+    def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False,
+                   overwrite_hint=None):
         """Start an Upload of path; the namespace checks the subject's rights.
 
         replace allows a new version of an existing file (the door's
         truncate policy); copy_existing starts from the current data, for
-        ``rw`` opens that modify a file in place.
+        ``rw`` opens that modify a file in place; overwrite_hint ends the
+        refusal of an existing file when replace is false.
         """
-        ticket = self.namespace.prepare_write(path, subject, mode, replace)
+        ticket = self.namespace.prepare_write(path, subject, mode, replace, overwrite_hint)
         temp = os.path.join(
             self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
         )
