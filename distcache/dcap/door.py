@@ -325,8 +325,15 @@ class DoorProtocol(LineOnlyReceiver):
                          lambda entry: self._open_readable(r, session, entry))
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
-        upload = pool.open_write(path, subject, create_mode, replace=replace,
-                                 copy_existing=(mode == "rw"), overwrite_hint=self._overwrite_hint(r))
+        return _then(pool.open_write(path, subject, create_mode, replace=replace,
+                                     copy_existing=(mode == "rw"),
+                                     overwrite_hint=self._overwrite_hint(r)),
+                     lambda upload: self._open_writable(r, session, mode, path, upload))
+
+    def _open_writable(self, r: Request, session: Session, mode: str, path: str, upload):
+        if self.closed:
+            upload.abort()
+            return
         size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
         transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
         self._watch(r, session)

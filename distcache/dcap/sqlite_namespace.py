@@ -77,14 +77,20 @@ def _now():
 
 @implementer(INamespace)
 class SQLiteNamespace:
-    """The embedded namespace: one SQLite file, shared by the door processes."""
+    """The embedded namespace: one SQLite file, shared by the door processes.
+
+    Its methods block (up to busy_timeout while another process writes);
+    a door runs them on its single database worker (workers.py), and one
+    connection is used by one thread at a time.
+    """
 
     def __init__(self, root, busy_timeout=10.0, clock=_now):
         os.makedirs(root, exist_ok=True)
         self.root = root
         self._clock = clock
         self._db = sqlite3.connect(
-            os.path.join(root, DB_NAME), timeout=busy_timeout, isolation_level=None
+            os.path.join(root, DB_NAME), timeout=busy_timeout, isolation_level=None,
+            check_same_thread=False,  # made here, used on the one database worker
         )
         self._run("PRAGMA journal_mode=WAL")
         self._run("PRAGMA synchronous=NORMAL")
