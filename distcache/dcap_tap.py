@@ -6,6 +6,7 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 
 import os
 
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -91,7 +92,7 @@ class DoorService(ConfiguredService):
 
     program = "dcap-door"
 
-    runtime = ("pool", "factory")
+    runtime = ("pool", "factory", "workers")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
         super().__init__(reactor)
@@ -102,19 +103,27 @@ class DoorService(ConfiguredService):
         self.policy = policy
         self.pool = None
         self.factory = None
+        self.workers = None
 
     @property
     def port(self):
         """The listening port while running (None otherwise)."""
         for child in self:
-            return child.port
+            if isinstance(child, Listener):
+                return child.port
         return None
 
     def make_factory(self, reactor):
         from distcache.dcap import hsm
         from distcache.dcap.pool import open_pool
+        from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
-        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync)
+        # Not a child service: the threads must outlive the listeners and the sessions'
+        # grace, so stopService stops them itself, after the sessions are gone.  A
+        # reactor without threads (a test's memory reactor) gets storage work inline.
+        self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
+        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
+                              workers=self.workers or INLINE)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
 
@@ -122,6 +131,9 @@ class DoorService(ConfiguredService):
         Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
 
     def startService(self):
+        self._ensure_built()
+        if self.workers is not None and not self.workers.running:
+            self.workers.startService()
         super().startService()
         self.factory.policy.start()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
@@ -131,9 +143,11 @@ class DoorService(ConfiguredService):
         """Stop gently: listeners first, then sessions (within the grace), then storage.
 
         The namespace closes only once every control connection is gone, so
-        a session still running during the grace can still stat and commit.
+        a session still running during the grace can still stat and commit; the
+        storage worker threads, which are not a child service for that reason,
+        stop after the sessions and before the namespace closes.
         """
-        factory, pool = self.factory, self.pool
+        factory, pool, workers = self.factory, self.pool, self.workers
         d = super().stopService()
         if factory is not None:
             d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
@@ -141,14 +155,16 @@ class DoorService(ConfiguredService):
         def closed(_):
             if factory is not None:
                 factory.policy.stop()
+            stopping = workers.stopService() if workers is not None and workers.running else None
             if pool is not None:
-                pool.namespace.close()
+                pool.engine.close()  # the database worker has finished its queue
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
-                self.factory = self.pool = None
+                self.factory = self.pool = self.workers = None
                 self.built = False
             log.info("DCAP door stopped")
+            return stopping
 
         d.addCallback(closed)
         return d

@@ -314,7 +314,8 @@ class DoorProtocol(LineOnlyReceiver):
 
         def upload():
             return pool.open_write(path, subject, create_mode, replace=replace,
-                                   copy_existing=(mode == "rw"))
+                                   copy_existing=(mode == "rw"),
+                                   overwrite_hint=self._overwrite_hint(r))
 
         def start(up):
             size = up.old.size if (mode == "rw" and up.old is not None) else 0
@@ -322,6 +323,12 @@ class DoorProtocol(LineOnlyReceiver):
                                          label="%s %s" % (mode, path)), passive)
 
         session.follow(upload, start)
+
+    def _overwrite_hint(self, r: Request) -> str:
+        """How a client whose write onto an existing file was refused can overwrite it."""
+        if not self.config.allow_truncate:
+            return "this door does not overwrite files (its --allow-truncate option allows it)"
+        return "the client did not ask to truncate (-truncate)"
 
     def _readable(self, session: Session, entry, passive: bool):
         """The client may read entry: start its mover, staging the file first if needed."""
