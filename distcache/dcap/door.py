@@ -29,10 +29,8 @@ from distcache.dcap.errors import (
     RC_TIMEOUT, DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
-from distcache.dcap.mover import (
-    DataChannel, PassiveMoverFactory, Transfer,
-    connect_to_client, new_challenge,
-)
+from distcache.dcap.mover import DataChannel, PassiveMoverFactory, connect_to_client, new_challenge
+from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Access, Subject, listing_text
 
 log = Logger()
@@ -328,8 +326,8 @@ class DoorProtocol(LineOnlyReceiver):
         upload = pool.open_write(path, subject, create_mode, replace=replace,
                                  copy_existing=(mode == "rw"))
         size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
-        transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
         self._watch(r, session)
+        transfer = self._transfer(r, session, upload=upload, size=size, label="%s %s" % (mode, path))
         self.sessions[r.sid] = session
         self._start_mover(r, session, transfer)
 
@@ -358,7 +356,7 @@ class DoorProtocol(LineOnlyReceiver):
         if self.sessions.get(r.sid) is not session:
             return
         source = self.factory.pool.open_read(entry)
-        transfer = Transfer(r.sid, source=source, size=entry.size, label="r %s" % (entry.path,))
+        transfer = self._transfer(r, session, source=source, size=entry.size, label="r %s" % (entry.path,))
         self._start_mover(r, session, transfer)
 
     def _open_failed(self, failure, r: Request, session: Session):
@@ -384,17 +382,18 @@ class DoorProtocol(LineOnlyReceiver):
         text = listing_text(entries)
         session = Session(r.sid, r.cid, "opendir", path)
         self.sessions[r.sid] = session
-        transfer = Transfer(r.sid, source=BytesIO(text), size=len(text), label="list %s" % (path,))
+        transfer = self._transfer(r, session, source=BytesIO(text), size=len(text), label="list %s" % (path,))
         self._start_mover(r, session, transfer, passive=True)
+
+    def _transfer(self, r: Request, session: Session, **what) -> Transfer:
+        """A transfer for session with the buffers and deadline watch its policy gives."""
+        policy = self.factory.policy
+        return Transfer(r.sid, policy=policy, buffers=policy.buffers_for_open(session.options),
+                        watch=session.watch, **what)
 
     def _start_mover(self, r: Request, session: Session, transfer: Transfer, passive: Optional[bool] = None):
         session.transfer = transfer
-        policy = self.factory.policy
-        transfer.policy = policy
-        transfer.buffers = policy.buffers_for_open(session.options)
-        transfer.block_size = transfer.buffers.io
-        transfer.watch = session.watch
-        transfer.finished.addCallback(self._transfer_finished, r, session)
+        transfer.outcome.addCallback(self._transfer_finished, r, session)
         if passive is None:
             passive = "passive" in r.options or not self.config.connect_back
         if passive:
@@ -412,11 +411,11 @@ class DoorProtocol(LineOnlyReceiver):
             session.started = True
             self._close_listener(session)
 
-        factory = PassiveMoverFactory(transfer, challenge, accepted)
+        factory = PassiveMoverFactory(transfer, challenge, accepted, clock=self.factory.reactor)
         d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
 
         def listening(port):
-            if transfer.finished.called:
+            if transfer.ended:
                 port.stopListening()
                 return
             session.listener = port
@@ -427,7 +426,7 @@ class DoorProtocol(LineOnlyReceiver):
                 log.warn("session {sid}: {error}", sid=r.sid, error=f.getErrorMessage())
             else:
                 log.failure("cannot listen for the mover of session {sid}", f, sid=r.sid)
-            transfer.finish(TransferError(RC_INTERNAL, "cannot open a data port: %s" % (f.getErrorMessage(),)))
+            transfer.end(TransferError(RC_INTERNAL, "cannot open a data port: %s" % (f.getErrorMessage(),)))
 
         d.addCallbacks(listening, failed)
 
@@ -436,7 +435,7 @@ class DoorProtocol(LineOnlyReceiver):
         try:
             port = int(r.args[3])
         except (IndexError, ValueError):
-            transfer.finish(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
+            transfer.end(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
             return
         if not _is_ip(host):
             host = self.peer.host
@@ -448,7 +447,7 @@ class DoorProtocol(LineOnlyReceiver):
             log.info("mover of session {sid} connected back to {host}:{port}", sid=r.sid, host=host, port=port)
 
         def failed(f):
-            transfer.finish(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
+            transfer.end(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
                                           % (host, port, f.getErrorMessage())))
 
         d.addCallbacks(connected, failed)
