@@ -71,7 +71,7 @@ class PausingTransport(StringTransport):
 
 
 def channel_in(state, pool):
-    """A channel with a writable transfer of 3 stored bytes, in `state`."""
+    """A channel with a writable transfer of 8 stored bytes, in `state`."""
     up = pool.open_write("/f", ROOT, 0o644, replace=True)
     up.file.write(b"abcdefgh")
     up.file.flush()
