@@ -20,6 +20,7 @@ from distcache.dcap import sendfile
 from distcache.dcap.mover import ChannelState, DataChannel
 from distcache.dcap.sendfile import SendfileStream
 from distcache.dcap.transfer import Transfer
+from polling import poll_until
 
 SMALL = 4096
 BLOCK = 1024 * 1024
@@ -29,13 +30,9 @@ def _sleep(reactor, seconds=0.005):
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-@defer.inlineCallbacks
-def _until(reactor, predicate, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        yield _sleep(reactor)
+def _until(reactor, predicate, what):
+    """Wait on the reactor until predicate() holds (what: for the reader)."""
+    return poll_until(predicate, timeout=10.0, interval=0.002, reactor=reactor)
 
 
 class _Once(Factory):
