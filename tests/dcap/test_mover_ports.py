@@ -13,6 +13,7 @@ from distcache.dcap import mover_codec as mc
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.mover import PassiveMoverFactory, QuietPort, listen_for_mover
 from distcache.dcap.transfer import Transfer
+from polling import poll_until
 
 CHATTER = ("starting on", "Port", "Closed", "Starting factory", "Stopping factory")
 
@@ -91,3 +92,31 @@ def test_a_quiet_port_on_ipv6_loopback():
     port = listen_for_mover(reactor, "::1", Factory())
     assert port.getHost().host == "::1" and port.getHost().port > 0
     yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_passive_transfer_logs_its_transfer_and_nothing_of_twisted():
+    from twisted.internet import reactor
+    from distcache.dcap.mover import DataChannel, connect_to_client
+    captured = Captured()
+    globalLogPublisher.addObserver(captured)
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        transfer = Transfer(6, source=io.BytesIO(b"x"), size=1, label="r /x")
+        channel = DataChannel(transfer=transfer)
+        yield connect_to_client(reactor, "127.0.0.1", listener.getsockname()[1], channel)
+        client, _ = listener.accept()
+        client.sendall(mc.encode_close())
+        d = defer.Deferred()
+        transfer.outcome.addCallback(d.callback)
+        assert (yield d) is None
+        client.close()
+        yield poll_until(lambda: not channel.transport.connected, reactor=reactor)  # torn down
+        assert captured.chatter() == []
+        assert any("transfer 6 (r /x) closed" in line for line in captured.lines)
+    finally:
+        listener.close()
+        globalLogPublisher.removeObserver(captured)
