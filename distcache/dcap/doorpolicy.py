@@ -11,6 +11,7 @@ set up a data connection, and whether ``check`` may answer ok.
 from twisted.logger import Logger
 
 from distcache.dcap.check import has_disk_copy
+from distcache.dcap.mover import listen_for_mover
 from distcache.dcap.opentimeout import OpenTimeouts
 from distcache.dcap.policy import (
     DcapPolicy,
@@ -95,7 +96,7 @@ class DoorPolicy:
         Raises PortRangeExhausted when the range has no free port.
         """
         number, listener = self.ports.listen(
-            lambda port: reactor.listenTCP(port, factory, interface=interface)
+            lambda port: listen_for_mover(reactor, interface, factory, port)
         )
         return RangePort(self.ports, number, listener)
 
