@@ -10,8 +10,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
+from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
@@ -24,6 +26,9 @@ DEFAULT_LISTEN = "tcp:22125"
 
 class Options(PolicyOptions):
     """Command line of `twistd dcap-door` (policy options: see PolicyOptions)."""
+
+    program = "dcap-door"
+    opt_version = opt_version
 
     synopsis = "[options]"
     longdesc = ("Run a DCAP door and mover that dccp and libdcap clients use unchanged. "
@@ -117,8 +122,15 @@ class DoorService(ConfiguredService):
     def startService(self):
         super().startService()
         self.factory.policy.start()
-        log.info("DCAP door listening on {address}, root {root}", address=self.port.getHost(),
+        host = self.port.getHost()
+        log.info("DCAP door listening on {address}, root {root}", address=host,
                  root=os.path.abspath(self.root))
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
+        warning = port_warning(getattr(host, "port", None))
+        if warning:
+            log.warn("{warning}", warning=warning)
 
     def stopService(self):
         d = super().stopService()
