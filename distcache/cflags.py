@@ -113,6 +113,11 @@ def translate(plugin: str, argv: Sequence[str],
     return _process_args(plugin, own) + [plugin] + rest, typed
 
 
+def twistd_argv(plugin: str, argv: Sequence[str]) -> List[str]:
+    """The twistd arguments equivalent to a C tool's ``argv`` (without the program name)."""
+    return translate(plugin, argv)[0]
+
+
 def _process_args(plugin: str, own: Dict[str, object]) -> List[str]:
     out: List[str] = []
     if not own.get("daemon"):

@@ -58,7 +58,7 @@ class Options(PolicyOptions):
         try:
             address.parse(self["listen"])
         except address.AddressError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--listen: {e}")
         try:
             Access(self["anonymous-access"].upper())
         except ValueError:

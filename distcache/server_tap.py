@@ -69,7 +69,7 @@ class Options(SocketOptions):
         try:
             address.parse(addr)
         except address.AddressError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--listen: {e}")
         self["listen"].append(addr)
 
     def postOptions(self) -> None:
