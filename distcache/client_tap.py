@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.application.internet import ClientService
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
-from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
+from distcache.proxy import LocalFactory
+from distcache.upstream import ReportingEndpoint, ServerLink, UpstreamFactory
 from distcache.server_tap import SocketOptions, positive_int
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"
@@ -56,6 +57,22 @@ class Options(SocketOptions):
         self["ownership"] = self.ownership()
 
 
+def _without_retry_chatter(event) -> None:
+    """Pass the reconnecting service's events on, except its line per retry.
+
+    The link logs outages itself: once when the server goes, a reminder every few
+    minutes, once when it is back.
+    """
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class QuietClientService(ClientService):
+    """``ClientService`` without a log line per connection attempt."""
+
+    _log = Logger(observer=_without_retry_chatter)
+
+
 class ClientProxyService(ConfiguredService):
     """dc_client as a service; holds only plain configuration until it starts."""
 
@@ -75,14 +92,15 @@ class ClientProxyService(ConfiguredService):
         self.link: Optional[ServerLink] = None
 
     def build(self, reactor) -> None:
-        self.link = ServerLink()
+        self.link = ServerLink(clock=reactor, server=self.server)
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
         retry = self.retry_ms / 1000.0
         endpoint = ReportingEndpoint(
             address.client_endpoint(reactor, address.parse(self.server)), self.link)
-        ClientService(endpoint, UpstreamFactory(self.link), retryPolicy=lambda attempt: retry,
-                      clock=reactor).setServiceParent(self)
+        QuietClientService(endpoint, UpstreamFactory(self.link),
+                           retryPolicy=lambda attempt: retry,
+                           clock=reactor).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
