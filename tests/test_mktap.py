@@ -14,7 +14,7 @@ import pytest
 from distcache import __version__, mktap
 from distcache.blocking import SessionCache
 from distcache.replies import CacheError
-from netutil import wait_for
+from polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -83,9 +83,9 @@ def test_twistd_runs_the_taps_in_the_foreground(sockdir):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for tap in ("server.tap", "client.tap")]
     try:
-        assert wait_for(lambda: os.path.exists(server) and os.path.exists(client), 20)
+        assert wait_until(lambda: os.path.exists(server) and os.path.exists(client), 20)
         cache = SessionCache(f"UNIX:{client}")
-        assert wait_for(lambda: added(cache, b"session-id", b"der"), 20)
+        assert wait_until(lambda: added(cache, b"session-id", b"der"), 20)
         assert cache.get(b"session-id") == b"der"
     finally:
         for proc in procs:
@@ -101,14 +101,14 @@ def test_twistd_runs_a_tap_as_a_daemon(sockdir):
                                    "server.tap"], cwd=sockdir, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert wait_for(lambda: os.path.exists(pidfile) and os.path.exists(server), 20)
+    assert wait_until(lambda: os.path.exists(pidfile) and os.path.exists(server), 20)
     pid = int(Path(pidfile).read_text())
     try:
         cache = SessionCache(f"UNIX:{server}")
         assert cache.add(b"id-daemon", b"x", 60000) and cache.get(b"id-daemon") == b"x"
     finally:
         os.kill(pid, signal.SIGTERM)
-        assert wait_for(lambda: not os.path.exists(pidfile), 20)
+        assert wait_until(lambda: not os.path.exists(pidfile), 20)
     assert f"dc_server {__version__} started" in (Path(sockdir) / "server.log").read_text()
 
 

@@ -6,6 +6,7 @@ parent prints its child's line).
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from interop_support import free_low_port  # noqa: E402
-from netutil import wait_for  # noqa: E402
+from polling import wait_until  # noqa: E402
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -69,7 +70,7 @@ def test_address_in_use(tmp_path, busy_port, form):
     if form == "c-daemon":
         # the daemon's own log (default: dc_server.log where it started) has the line too
         log = tmp_path / "dc_server.log"
-        assert wait_for(lambda: "already in use" in log.read_text(), 20), log.read_text()
+        assert wait_until(lambda: "already in use" in log.read_text(), 20), log.read_text()
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -194,7 +195,8 @@ def test_door_logs_version_policy_and_port_warning(tmp_path):
     assert "keepAlive 30s" in policy  # the option wins over the batch file
     assert "passive ports 33115:33145" in policy and "anonymous access FULL" in policy
     assert "check strict" in policy and "buffers send" in policy
-    port = int(log.split("port=")[1].split(")")[0])
+    [listening] = [line for line in log.splitlines() if "DCAP door listening on" in line]
+    port = int(re.search(r"listening on \S*?(\d+),", listening).group(1))
     warned = "dccp 2.47 cannot reach ports above 32767" in log
     assert warned == (port > 32767), log
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 from interop_support import free_low_port
-from netutil import wait_for
+from polling import wait_until
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 ADMIN = [sys.executable, "-c", "from distcache.dcap.admin import main; main()"]
@@ -62,12 +62,12 @@ def test_large_read_survives_a_door_restart_behind_a_held_socket(tmp_path):
     second = None
     copy = work / "copy.dat"
     try:
-        assert wait_for(lambda: "DCAP door listening" in (work / "door1.log").read_text(), 30)
+        assert wait_until(lambda: "DCAP door listening" in (work / "door1.log").read_text(), 30)
         # a slow reader: small socket buffers keep the read going long enough to cut it
         reader = subprocess.Popen(["dccp", "-B", "65536", "-r", "65536",
                                    f"dcap://127.0.0.1:{port}/big.dat", str(copy)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert wait_for(lambda: copy.exists() and copy.stat().st_size > 32 << 20, 60)
+        assert wait_until(lambda: copy.exists() and copy.stat().st_size > 32 << 20, 60)
         part = copy.stat().st_size
         assert part < SIZE, "the read finished before the door could be cut"
         first.send_signal(signal.SIGKILL)
