@@ -9,6 +9,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
 from distcache.proxy import LocalFactory
@@ -27,6 +28,9 @@ def checked_address(option: str, text: str) -> str:
 
 
 class Options(SocketOptions):
+
+    program = "dc_client"
+    opt_version = opt_version
     synopsis = "--server ADDR [--listen ADDR] [--retry MS] [--idle MS]"
     longdesc = ("The distcache client proxy: local clients share one persistent connection "
                 "to dc_server.  ADDR is UNIX:/path, IP:host:port, IP:port, IPv6:[host]:port "

@@ -11,10 +11,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
+from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
@@ -26,6 +28,9 @@ DEFAULT_LISTEN = "tcp:22125"
 
 class Options(PolicyOptions):
     """Command line of `twistd dcap-door` (policy options: see PolicyOptions)."""
+
+    program = "dcap-door"
+    opt_version = opt_version
 
     synopsis = "[options]"
     longdesc = ("Run a DCAP door and mover that dccp and libdcap clients use unchanged. "
@@ -58,7 +63,7 @@ class Options(PolicyOptions):
         try:
             address.parse(self["listen"])
         except address.AddressError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--listen: {e}")
         try:
             Access(self["anonymous-access"].upper())
         except ValueError:
@@ -136,8 +141,15 @@ class DoorService(ConfiguredService):
             self.workers.startService()
         super().startService()
         self.factory.policy.start()
-        log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
+        host = self.port.getHost()
+        log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
+        warning = port_warning(getattr(host, "port", None))
+        if warning:
+            log.warn("{warning}", warning=warning)
 
     def stopService(self):
         """Stop gently: listeners first, then sessions (within the grace), then storage.

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
                                  parse_perms)
@@ -43,6 +44,9 @@ class SocketOptions(usage.Options):
 
 
 class Options(SocketOptions):
+
+    program = "dc_server"
+    opt_version = opt_version
     synopsis = "--listen ADDR [--listen ADDR ...] [--sessions N] [--progress N]"
     longdesc = ("The distcache session cache server.  ADDR is UNIX:/path, IP:host:port, "
                 "IP:port, IPv6:[host]:port or a Twisted endpoint string (unix:, tcp:, tcp6:, "
@@ -65,7 +69,7 @@ class Options(SocketOptions):
         try:
             address.parse(addr)
         except address.AddressError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--listen: {e}")
         self["listen"].append(addr)
 
     def postOptions(self) -> None:

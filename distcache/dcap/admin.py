@@ -13,7 +13,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from distcache import __version__
+from distcache.version import version_line
 from distcache.dcap import hsm
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
@@ -55,7 +55,7 @@ def build_parser():
     parser.add_argument("--root", default=None,
                         help="the door's state directory (default: $%s, else var/dcap "
                              "if it exists here)" % ROOT_ENV)
-    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    parser.add_argument("--version", action="version", version=version_line("dcap-admin"))
     parser.add_argument("--no-fsync", action="store_true",
                         help="do not fsync imported data (faster, less durable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
