@@ -155,6 +155,7 @@ class CacheServerProtocol(Protocol):
             self.transport.write(b"".join(out))
 
     def _fail(self, error: wire.ProtocolError) -> None:
+        self.factory.protocol_errors += 1
         peer = self.transport.getPeer()
         self.log.warn("closing connection from {peer}: {error}", peer=peer, error=error)
         self._closing = True
@@ -181,6 +182,7 @@ class CacheServerFactory(Factory):
     def __init__(self, store, progress: int = 0, clock=None):
         self.store = store
         self.connections = 0
+        self.protocol_errors = 0
         self.activity = ActivityReport(store, progress)
         self._clock = clock
         self._ticker: Optional[LoopingCall] = None

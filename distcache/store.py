@@ -58,6 +58,7 @@ class SessionStore:
         self._heap: List[Tuple[int, bytes]] = []
         self.evictions = 0
         self.expirations = 0
+        self.bytes = 0  # data bytes held, for metrics
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -73,11 +74,13 @@ class SessionStore:
             if held[0] > now:
                 return wire.ERR_MATCHING_SESSION
             del sessions[session_id]
+            self.bytes -= len(held[1])
             self.expirations += 1
         if len(sessions) >= self.max_sessions:
             self._make_room(now)
         expiry = now + timeout_ms
         sessions[session_id] = (expiry, data)
+        self.bytes += len(data)
         heapq.heappush(self._heap, (expiry, session_id))
         if len(self._heap) > 2 * len(sessions) + 64:
             self._compact()
@@ -99,6 +102,7 @@ class SessionStore:
         held = self._sessions.pop(session_id, None)
         if held is None:
             return False
+        self.bytes -= len(held[1])
         if held[0] <= self._now_ms():
             self.expirations += 1
             return False
@@ -108,8 +112,16 @@ class SessionStore:
         """Drop every expired session now; return how many went."""
         return self._drop_due(self._now_ms(), evict=0)
 
+    def clear(self) -> int:
+        """Forget every session (memcache ``flush_all``); return how many were held."""
+        held = len(self._sessions)
+        self._sessions.clear()
+        self._heap = []
+        self.bytes = 0
+        return held
+
     def _expire(self, session_id: bytes) -> None:
-        del self._sessions[session_id]
+        self.bytes -= len(self._sessions.pop(session_id)[1])
         self.expirations += 1
 
     def _make_room(self, now: int) -> None:
@@ -136,6 +148,7 @@ class SessionStore:
             heapq.heappop(heap)
             if live:
                 del sessions[sid]
+                self.bytes -= len(held[1])
                 dropped += 1
         return dropped
 
