@@ -11,8 +11,10 @@ from twisted.python import usage
 from distcache import address
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
+from distcache.memcache_relay import RelayStore, relay_stats
+from distcache.memcache_server import MemcacheFactory
 from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
-from distcache.server_tap import SocketOptions, positive_int
+from distcache.server_tap import SocketOptions, checked, positive_int
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"
 
@@ -38,6 +40,14 @@ class Options(SocketOptions):
         ["idle", None, "0", "Close local connections idle this many milliseconds (0: never)."],
     ]
 
+    def __init__(self):
+        super().__init__()
+        self["memcache-listen"] = []
+
+    def opt_memcache_listen(self, addr: str) -> None:
+        """Address to answer the memcached text protocol on, relayed upstream (repeatable)."""
+        self["memcache-listen"].append(checked(addr))
+
     def opt_connect(self, addr: str) -> None:
         """Same as --server."""
         self["server"] = addr
@@ -56,22 +66,33 @@ class ClientProxyService(ConfiguredService):
     """dc_client as a service; holds only plain configuration until it starts."""
 
     log = Logger()
-    runtime = ("link",)
+    runtime = ("link", "relay")
 
     def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
-                 ownership: SocketOwnership = SocketOwnership(), reactor=None):
+                 ownership: SocketOwnership = SocketOwnership(), reactor=None,
+                 memcache_listen=()):
         super().__init__(reactor)
         self.listen = listen
         self.server = server
         self.retry_ms = retry_ms
         self.idle_ms = idle_ms
         self.ownership = ownership
+        self.memcache_listen = list(memcache_listen)
         self.link: Optional[ServerLink] = None
+        self.relay: Optional[RelayStore] = None
+
+    def __setstate__(self, state):
+        state.setdefault("memcache_listen", [])
+        self.__dict__.update(state)
 
     def build(self, reactor) -> None:
         self.link = ServerLink()
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
+        self.relay = RelayStore(self.link)
+        memcache = MemcacheFactory(self.relay, reactor, relay_stats(self.link, self.relay))
+        for addr in self.memcache_listen:
+            Listener(addr, memcache, self.ownership, reactor).setServiceParent(self)
         retry = self.retry_ms / 1000.0
         endpoint = ReportingEndpoint(
             address.client_endpoint(reactor, address.parse(self.server)), self.link)
@@ -86,4 +107,5 @@ class ClientProxyService(ConfiguredService):
 
 def makeService(options) -> ClientProxyService:
     return ClientProxyService(options["listen"], options["server"], options["retry"],
-                              options["idle"], options["ownership"])
+                              options["idle"], options["ownership"],
+                              memcache_listen=options["memcache-listen"])

@@ -64,6 +64,12 @@ def _then(result, fn):
     return fn(result)
 
 
+def _settled(result) -> None:
+    """A store call whose answer is not needed (REMOVE before an ADD): drop its failure."""
+    if isinstance(result, defer.Deferred):
+        result.addErrback(lambda failure: None)
+
+
 def _add_reply(result) -> bytes:
     if result == wire.OK:
         return memcache.STORED
@@ -228,6 +234,7 @@ class MemcacheProtocol(Protocol):
                 removed = store.remove(sid)
                 if not ms:
                     return _then(removed, lambda _: memcache.STORED)
+                _settled(removed)
                 return _then(store.add(sid, command.data, ms), _add_reply)
             if not ms:
                 return _then(store.have(sid),
@@ -297,6 +304,7 @@ class MemcacheProtocol(Protocol):
         removed = store.remove(sid)
         if not ms:
             return _then(removed, lambda _: memcache.TOUCHED)
+        _settled(removed)
         return _then(store.add(sid, data, ms),
                      lambda r: memcache.TOUCHED if r == wire.OK else _add_reply(r))
 

@@ -6,10 +6,11 @@ import socket
 
 import pytest
 
-from cache_support import DcServerProcess, free_tcp_port, short_socket_dir, wait_until_connectable
+from cache_support import DcClientProcess, DcServerProcess, free_tcp_port, short_socket_dir, wait_until_connectable
 from distcache import memcache
 from distcache.blocking import SessionCache
 from memcache_support import ask, need_tools, tool
+from netutil import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,48 @@ def test_raw_errors_keep_the_connection_and_long_lines_close_it(dc):
     assert ask(port, b"bogus\r\nset k 0 0 x\r\nversion\r\n", until=b"\r\nVERSION 1.6.0-distcache\r\n") \
         .startswith(b"ERROR\r\nCLIENT_ERROR bad command line format\r\n")
     assert ask(port, b"x" * 10000) == memcache.LINE_TOO_LONG
+
+
+@pytest.fixture
+def proxied(sockdir):
+    """dc_server (distcache and memcache) behind a dc_client with a memcache listener."""
+    server = DcServerProcess(os.path.join(sockdir, "cache"),
+                             extra=["-memcache-listen", f"IP:127.0.0.1:{free_tcp_port()}"])
+    server.memcache_port = int(server.extra[1].rsplit(":", 1)[1])
+    server.start()
+    wait_until_connectable(socket.AF_INET, ("127.0.0.1", server.memcache_port))
+    client = DcClientProcess(os.path.join(sockdir, "scache"), server.address, retry_ms=200,
+                             extra=["-memcache-listen", f"IP:127.0.0.1:{free_tcp_port()}"])
+    client.memcache_port = int(client.extra[1].rsplit(":", 1)[1])
+    client.start()
+    wait_until_connectable(socket.AF_INET, ("127.0.0.1", client.memcache_port))
+    yield server, client
+    client.stop()
+    server.stop()
+
+
+def test_tools_through_dc_client(proxied, tmp_path):
+    need_tools()
+    server, client = proxied
+    (tmp_path / "via-proxy").write_bytes(b"session through the proxy")
+    assert tool("memccp", client.memcache_port, "via-proxy", cwd=tmp_path).returncode == 0
+    assert tool("memccat", client.memcache_port, "via-proxy").stdout == (
+        b"session through the proxy\n")
+    assert tool("memccat", server.memcache_port, "via-proxy").stdout == (
+        b"session through the proxy\n")
+    assert SessionCache(client.address).get(b"via-proxy") == b"session through the proxy"
+    assert "curr_connections:" in tool("memcstat", client.memcache_port).stdout.decode()
+    assert tool("memcrm", client.memcache_port, "via-proxy").returncode == 0
+    assert SessionCache(server.address).get(b"via-proxy") is None
+
+
+def test_dc_client_memcache_while_the_server_is_away(proxied, tmp_path):
+    server, client = proxied
+    port = client.memcache_port
+    assert ask(port, b"set k 0 0 4\r\nDATA\r\n") == b"STORED\r\n"
+    server.stop()
+    assert wait_for(lambda: ask(port, b"get k\r\n", until=b"END\r\n") == b"END\r\n")
+    assert ask(port, b"set k 0 0 4\r\nDATA\r\n").startswith(b"SERVER_ERROR ")
+    server.start()
+    assert wait_for(lambda: ask(port, b"set k 0 0 4\r\nDATA\r\n") == b"STORED\r\n", 5.0)
+    assert ask(port, b"get k\r\n", until=b"END\r\n") == b"VALUE k 0 4\r\nDATA\r\nEND\r\n"
