@@ -75,7 +75,8 @@ def _add_reply(result) -> bytes:
         return memcache.STORED
     if result == wire.ERR_MATCHING_SESSION:
         return memcache.NOT_STORED
-    return memcache.server_error("distcache answered " + wire.RESULT_NAMES.get(result, str(result)))
+    name = wire.RESULT_NAMES.get(result, str(result))
+    return memcache.server_error("distcache answered " + name)
 
 
 @implementer(IPushProducer)

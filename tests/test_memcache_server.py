@@ -85,7 +85,8 @@ def test_exptime_relative_absolute_and_never(conn):
     say(b"set abs 0 %d 1\r\nb\r\n" % int(NOW + 20))
     say(b"set never 0 0 1\r\nc\r\n")
     clock.advance(11)
-    assert say(b"get rel abs never\r\n") == b"VALUE abs 0 1\r\nb\r\nVALUE never 0 1\r\nc\r\nEND\r\n"
+    assert say(b"get rel abs never\r\n") == (
+        b"VALUE abs 0 1\r\nb\r\nVALUE never 0 1\r\nc\r\nEND\r\n")
     clock.advance(10)
     assert say(b"get abs never\r\n") == b"VALUE never 0 1\r\nc\r\nEND\r\n"
     clock.advance(wire.MAX_TIMEOUT_MS / 1000)
