@@ -13,6 +13,7 @@ from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
 from distcache.memcache_relay import RelayStore, relay_stats
 from distcache.memcache_server import MemcacheFactory
+from distcache.metrics import ClientCollector, metrics_listener, registry_of
 from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
 from distcache.server_tap import SocketOptions, checked, positive_int
 
@@ -38,6 +39,7 @@ class Options(SocketOptions):
         ["server", None, None, "Address of dc_server (required)."],
         ["retry", None, "5000", "Milliseconds between attempts to reach the server."],
         ["idle", None, "0", "Close local connections idle this many milliseconds (0: never)."],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
     ]
 
     def __init__(self):
@@ -59,6 +61,8 @@ class Options(SocketOptions):
         checked_address("listen", self["listen"])
         self["retry"] = positive_int("retry", self["retry"])
         self["idle"] = positive_int("idle", self["idle"], minimum=0)
+        if self["metrics"] is not None:
+            checked_address("metrics", self["metrics"])
         self["ownership"] = self.ownership()
 
 
@@ -70,7 +74,7 @@ class ClientProxyService(ConfiguredService):
 
     def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), reactor=None,
-                 memcache_listen=()):
+                 memcache_listen=(), metrics: Optional[str] = None):
         super().__init__(reactor)
         self.listen = listen
         self.server = server
@@ -78,11 +82,13 @@ class ClientProxyService(ConfiguredService):
         self.idle_ms = idle_ms
         self.ownership = ownership
         self.memcache_listen = list(memcache_listen)
+        self.metrics = metrics
         self.link: Optional[ServerLink] = None
         self.relay: Optional[RelayStore] = None
 
     def __setstate__(self, state):
         state.setdefault("memcache_listen", [])
+        state.setdefault("metrics", None)
         self.__dict__.update(state)
 
     def build(self, reactor) -> None:
@@ -93,6 +99,10 @@ class ClientProxyService(ConfiguredService):
         memcache = MemcacheFactory(self.relay, reactor, relay_stats(self.link, self.relay))
         for addr in self.memcache_listen:
             Listener(addr, memcache, self.ownership, reactor).setServiceParent(self)
+        if self.metrics is not None:
+            registry = registry_of(ClientCollector(self.link, self.relay, memcache))
+            metrics_listener(self.metrics, registry, self.ownership,
+                             reactor).setServiceParent(self)
         retry = self.retry_ms / 1000.0
         endpoint = ReportingEndpoint(
             address.client_endpoint(reactor, address.parse(self.server)), self.link)
@@ -108,4 +118,5 @@ class ClientProxyService(ConfiguredService):
 def makeService(options) -> ClientProxyService:
     return ClientProxyService(options["listen"], options["server"], options["retry"],
                               options["idle"], options["ownership"],
-                              memcache_listen=options["memcache-listen"])
+                              memcache_listen=options["memcache-listen"],
+                              metrics=options["metrics"])

@@ -80,6 +80,7 @@ class ServerLink:
         self.answered_unreachable = 0
         self.answered_disconnected = 0
         self.dropped_replies = 0
+        self.connects = 0
 
     @property
     def connected(self) -> bool:
@@ -88,6 +89,7 @@ class ServerLink:
     # The server connection comes and goes.
     def attach(self, protocol: "UpstreamProtocol") -> None:
         self.protocol = protocol
+        self.connects += 1
         self._unreachable_because = None
         self.log.info("connected to the server at {peer}", peer=protocol.transport.getPeer())
 

@@ -14,6 +14,7 @@ from distcache.counting import CountingStore, StoreCounters
 from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
                                  parse_perms)
 from distcache.memcache_server import MemcacheFactory, store_stats
+from distcache.metrics import ServerCollector, metrics_listener, registry_of
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
 
@@ -65,6 +66,7 @@ class Options(SocketOptions):
     optParameters = [
         ["sessions", None, "512", "The most sessions the cache holds."],
         ["progress", None, "0", "Also log the activity line every N operations."],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
     ]
 
     def __init__(self):
@@ -85,6 +87,8 @@ class Options(SocketOptions):
             raise usage.UsageError("--listen ADDR is required")
         self["sessions"] = positive_int("sessions", self["sessions"])
         self["progress"] = positive_int("progress", self["progress"], minimum=0)
+        if self["metrics"] is not None:
+            checked(self["metrics"])
         self["ownership"] = self.ownership()
 
 
@@ -96,7 +100,8 @@ class CacheServerService(ConfiguredService):
 
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
-                 reactor=None, memcache_listen: List[str] = (), memcache_flush_all: bool = False):
+                 reactor=None, memcache_listen: List[str] = (), memcache_flush_all: bool = False,
+                 metrics: Optional[str] = None):
         super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
@@ -105,12 +110,14 @@ class CacheServerService(ConfiguredService):
         self.killable = killable
         self.memcache_listen = list(memcache_listen)
         self.memcache_flush_all = memcache_flush_all
+        self.metrics = metrics
         self.factory: Optional[CacheServerFactory] = None
         self.memcache: Optional[MemcacheFactory] = None
 
     def __setstate__(self, state):
         state.setdefault("memcache_listen", [])
         state.setdefault("memcache_flush_all", False)
+        state.setdefault("metrics", None)
         self.__dict__.update(state)
 
     def build(self, reactor) -> None:
@@ -126,6 +133,10 @@ class CacheServerService(ConfiguredService):
             allow_flush=self.memcache_flush_all)
         for addr in self.memcache_listen:
             Listener(addr, self.memcache, self.ownership, reactor).setServiceParent(self)
+        if self.metrics is not None:
+            registry = registry_of(ServerCollector(factory, store.store, counters, self.memcache))
+            metrics_listener(self.metrics, registry, self.ownership,
+                             reactor).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
@@ -147,4 +158,5 @@ def makeService(options) -> CacheServerService:
     return CacheServerService(options["listen"], options["sessions"], options["progress"],
                               options["ownership"], options["killable"],
                               memcache_listen=options["memcache-listen"],
-                              memcache_flush_all=bool(options["memcache-flush-all"]))
+                              memcache_flush_all=bool(options["memcache-flush-all"]),
+                              metrics=options["metrics"])
