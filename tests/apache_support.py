@@ -3,6 +3,8 @@
 Each instance gets its own ServerRoot, pid file, port, certificate and logs in a
 temporary directory, runs in the foreground as a child process (started as root, its
 workers as ``nobody``), and keeps its TLS sessions in memcache at the address given.
+Session tickets are off, so resumption goes through that cache; the server allows
+TLS 1.2 and 1.3, and the ``openssl s_client`` checks ask for TLS 1.2.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ DocumentRoot "{root}/htdocs"
 SSLSessionCache memcache:{memcache}
 SSLSessionCacheTimeout 300
 SSLEngine on
-SSLProtocol -all +TLSv1.2
+SSLProtocol -all +TLSv1.2 +TLSv1.3
 SSLSessionTickets off
 SSLCertificateFile "{root}/server.crt"
 SSLCertificateKeyFile "{root}/server.key"

@@ -6,6 +6,8 @@ resumed on B; without dc_server both keep serving with full handshakes; once it 
 back, resumption returns.
 """
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -15,6 +17,7 @@ import time
 import pytest
 
 from apache_support import Apache, handshake, need_apache
+from distcache import resume
 from cache_support import (DcClientProcess, DcServerProcess, free_tcp_port,
                            wait_until_connectable)
 
@@ -78,3 +81,37 @@ def test_without_dc_server_both_serve_and_reuse_returns_after_restart(farm, tmp_
         assert time.monotonic() < deadline, a.log() + b.log()
         time.sleep(0.2)
     print(f"reuse returned {time.monotonic() - started:.1f} s after dc_server restarted")
+
+
+def dc_resume(*args):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = resume.main(list(args))
+    return status, out.getvalue()
+
+
+@pytest.mark.parametrize("version", ["--tls1.2", "--tls1.3"])
+def test_dc_resume_finds_the_farm_sharing(farm, version):
+    server, client, a, b = farm
+    status, out = dc_resume(f"127.0.0.1:{a.port},127.0.0.1:{b.port}", "-n", "12", version,
+                            "--servername", "localhost")
+    assert status == 0, out
+    assert "12 handshakes in" in out and "handshakes/s" in out
+    assert f"127.0.0.1:{a.port}  127.0.0.1:{b.port}  3/3 (100%)" in out
+    assert f"127.0.0.1:{b.port}  127.0.0.1:{a.port}  3/3 (100%)" in out
+    assert out.rstrip().endswith("verdict: this farm shares sessions")
+
+
+def test_dc_resume_without_the_cache_server(farm, tmp_path):
+    server, client, a, b = farm
+    server.stop()
+    status, out = dc_resume(f"127.0.0.1:{a.port},127.0.0.1:{b.port}", "-n", "8", "--tls1.2",
+                            "--cafile", str(tmp_path / "missing.pem"))
+    assert status == 2
+    a_cert = os.path.join(a.root, "server.crt")
+    status, out = dc_resume(f"127.0.0.1:{a.port},127.0.0.1:{b.port}", "-n", "8", "--tls1.2",
+                            "--servername", "localhost", "--cafile", a_cert)
+    assert status == 1, out
+    # B's certificate is not signed by A's: its handshakes fail verification.
+    assert f"handshake with 127.0.0.1:{b.port} failed" in out
+    assert out.rstrip().endswith("verdict: this farm does not share sessions")
