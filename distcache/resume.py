@@ -79,8 +79,8 @@ def verdict(results: Dict[Tuple[Target, Target], PairResult]) -> Tuple[bool, str
 
 
 class Options(usage.Options):
-    synopsis = ("Usage: dc_resume HOST:PORT[,HOST:PORT...] [-n N] [--tls1.2|--tls1.3] [--servername NAME] "
-                "[--cafile F]")
+    synopsis = ("Usage: dc_resume HOST:PORT[,HOST:PORT...] [-n N] [--tls1.2|--tls1.3] "
+                "[--servername NAME] [--cafile F]")
     longdesc = ("Makes N TLS handshakes across the servers, resuming each new session on "
                 "another server, and reports whether the farm shares sessions.")
     optFlags = [
