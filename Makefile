@@ -1,32 +1,44 @@
 # The two set-up commands of the README are `make run` and `make test`.
-# Both install what is missing first, so they work on a fresh machine.
+# Both make their own virtual environment in .venv first (Debian's python3 refuses
+# `pip install` outside one), so they work on a fresh machine.
+# PYTHON picks the interpreter the environment is made from.
 PYTHON ?= python3
-STAMP := .install.stamp
-TWISTD := $(PYTHON) -c "from twisted.scripts.twistd import run; run()"
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install dcap-client bench clean
+.PHONY: run test install venv dcap-client bench clean
 
-$(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m pip install --quiet --upgrade pip
-	# compat mode puts the checkout itself on sys.path, which is what lets
-	# Twisted find the flat-layout twisted/plugins/ directory.
-	$(PYTHON) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+# Debian splits venv (and its ensurepip) into python3-venv: install it when missing.
+$(VPY):
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  echo "$(PYTHON) cannot make a virtual environment; installing python3-venv"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	    && $(PYTHON) -m venv $(VENV); }
+
+# An editable install: a .pth file puts the checkout on sys.path (setup.cfg's
+# package_dir), so twistd finds twisted/plugins/ there and edits need no reinstall.
+$(STAMP): $(VPY) setup.cfg pyproject.toml
+	$(VPY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+venv install: $(STAMP)
 
 # The real DCAP clients (dccp, libpdcap) that the tests drive.
 dcap-client:
-	command -v dccp >/dev/null || { apt-get update -qq && apt-get install -y -qq dcap libdcap1 >/dev/null; }
+	@command -v dccp >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcap libdcap1 >/dev/null; }
 
 run: $(STAMP)
-	$(TWISTD) --nodaemon --pidfile= -y conf/local.tac
+	$(VENV)/bin/twistd --nodaemon --pidfile= -y conf/local.tac
 
 test: $(STAMP) dcap-client
-	$(PYTHON) -m pytest -q
+	$(VPY) -m pytest -q
 
 bench: $(STAMP) dcap-client
-	for b in bench/*_bench.py bench/dcap_throughput.py; do $(PYTHON) $$b || exit 1; done
+	for b in bench/*_bench.py bench/dcap_throughput.py; do $(VPY) $$b || exit 1; done
 
 clean:
-	rm -f $(STAMP)
+	rm -rf $(VENV)

@@ -89,8 +89,9 @@ def _unix_path(args: str, whole: str) -> str:
             current.append(ch)
     parts.append("".join(current))
     for part in parts:
-        if part.startswith("address="):
-            return part[len("address="):]
+        for key in ("address=", "path="):  # the server's and the client's keyword
+            if part.startswith(key):
+                return part[len(key):]
     for part in parts:
         if "=" not in part and part:
             return part
@@ -125,6 +126,26 @@ def client_description(addr: Address) -> str:
         host = addr.host or ("127.0.0.1" if addr.kind == "tcp" else "::1")
         return f"tcp:host={_escape(host)}:port={addr.port}"
     return addr.text
+
+
+def address_text(addr) -> str:
+    """A connection's address as an operator writes it: ``host:port``, ``[v6]:port``, ``UNIX:/path``.
+
+    Logs name peers this way, never by an address object's repr.
+    """
+    host = getattr(addr, "host", None)
+    if host is not None:
+        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+    if addr is None:
+        return "unknown"
+    name = getattr(addr, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if name:
+        return f"UNIX:{name}"
+    if type(addr).__name__ == "UNIXAddress":
+        return "UNIX (unnamed)"
+    return type(addr).__name__
 
 
 def server_endpoint(reactor, addr: Address):

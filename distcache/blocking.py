@@ -24,6 +24,7 @@ import enum
 import itertools
 import os
 import socket
+import ssl
 import time
 from typing import Optional
 
@@ -52,8 +53,63 @@ class Mode(enum.IntFlag):
     PERSISTENT_LATE = 8
 
 
+def _endpoint_fields(rest: str):
+    """Positional and keyword fields of a Twisted endpoint string's arguments."""
+    parts, current, escaped = [], [], False
+    for ch in rest:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    fields = dict(part.partition("=")[::2] for part in parts if "=" in part)
+    positional = [part for part in parts if "=" not in part]
+    return positional, fields
+
+
+def tls_settings(where: str):
+    """``(ssl.SSLContext, server name)`` for a Twisted ``tls:`` string, else None.
+
+    The same fields as Twisted's ``tls:`` client endpoint: ``trustRoots`` (a directory
+    of PEM CA certificates; the system's otherwise), ``certificate`` and ``privateKey``
+    (the client's own, for ``mtls:`` servers).  The server's name is always checked.
+    """
+    kind, _, rest = where.partition(":")
+    if kind != "tls":
+        return None
+    positional, fields = _endpoint_fields(rest)
+    host = fields.get("host") or (positional[0] if positional else None)
+    if not host:
+        raise address.AddressError(f"{where!r} names no host")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    roots = fields.get("trustRoots")
+    if roots:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        names = sorted(os.listdir(roots)) if os.path.isdir(roots) else []
+        loaded = 0
+        for name in names:
+            try:
+                context.load_verify_locations(cafile=os.path.join(roots, name))
+                loaded += 1
+            except (ssl.SSLError, OSError, ValueError):
+                continue
+        if not loaded:
+            raise address.AddressError(f"trustRoots={roots} holds no PEM CA certificate")
+    if fields.get("certificate"):
+        context.load_cert_chain(fields["certificate"], fields.get("privateKey") or None)
+    return context, host
+
+
 def socket_target(where: str):
-    """``(family, sockaddr)`` for a libnal address or a tcp:/unix: endpoint string."""
+    """``(family, sockaddr)`` for a libnal address or a tcp:/unix:/tls: endpoint string."""
     addr = address.parse(where)
     if addr.kind == "unix":
         return socket.AF_UNIX, addr.path
@@ -61,15 +117,16 @@ def socket_target(where: str):
         host = addr.host or ("127.0.0.1" if addr.kind == "tcp" else "::1")
         return None, (host, addr.port)
     kind, _, rest = addr.text.partition(":")
-    if kind in ("tcp", "tcp6"):
-        fields = dict(part.partition("=")[::2] for part in rest.split(":") if "=" in part)
-        positional = [part for part in rest.split(":") if "=" not in part]
+    if kind in ("tcp", "tcp6", "tls"):
+        positional, fields = _endpoint_fields(rest)
+        if kind == "tls" and fields.get("endpoint"):
+            return socket_target(fields["endpoint"])
         host = fields.get("host") or (positional[0] if positional else None)
         port = fields.get("port") or (positional[1] if len(positional) > 1 else None)
         if host and port and port.isdigit():
             return None, (host, int(port))
     raise address.AddressError(
-        f"{where!r}: the blocking client connects to UNIX:, IP:, IPv6:, unix: and tcp: "
+        f"{where!r}: the blocking client connects to UNIX:, IP:, IPv6:, unix:, tcp: and tls: "
         "addresses (use distcache.client for other Twisted endpoints)")
 
 
@@ -90,6 +147,7 @@ class SessionCache:
         self.mode = mode
         self.timeout = timeout
         self._family, self._sockaddr = socket_target(where)
+        self._tls = tls_settings(where)
         self._sock: Optional[socket.socket] = None
         self._pid = os.getpid()
         self.connections = 0  # connections made so far, in this process and its parent
@@ -143,6 +201,13 @@ class SessionCache:
             else:
                 sock = socket.create_connection(self._sockaddr, timeout=self.timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                context, server_name = self._tls
+                try:
+                    sock = context.wrap_socket(sock, server_hostname=server_name)
+                except BaseException:
+                    sock.close()
+                    raise
         except OSError as e:
             raise CacheUnreachable(f"cannot connect to {self.where}: {e}") from e
         self.connections += 1

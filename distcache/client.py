@@ -104,7 +104,10 @@ class CacheClientProtocol(Protocol):
             return defer.fail(self._lost)
         if not self.connected:
             return defer.fail(CacheConnectionLost("not connected"))
+        pending = self._pending
         uid = self._next_uid
+        while uid in pending:  # after a wrap, a uid may still await its reply
+            uid = (uid + 1) & _UID_MASK
         self._next_uid = (uid + 1) & _UID_MASK
         d = defer.Deferred(lambda _: self._forget(uid))
         self._pending[uid] = (op, d)
@@ -123,13 +126,12 @@ class CacheClientProtocol(Protocol):
         self.connected = True
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            messages = self._decoder.feed(data)
-        except wire.ProtocolError as e:
-            self._answer_all(e.messages)
-            self._abandon(MalformedReply(f"malformed reply: {e}"))
+        if self._lost is not None:  # abandoned: what still arrives is not trusted
             return
+        messages, error = self._decoder.receive(data)
         self._answer_all(messages)
+        if error is not None and self._lost is None:
+            self._abandon(MalformedReply(f"malformed reply: {error}"))
 
     def _answer_all(self, messages) -> None:
         for message in messages:

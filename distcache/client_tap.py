@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.application.internet import ClientService
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from distcache import address
@@ -14,8 +14,9 @@ from distcache.listening import Listener, SocketOwnership
 from distcache.memcache_relay import RelayStore, relay_stats
 from distcache.memcache_server import MemcacheFactory
 from distcache.metrics import ClientCollector, metrics_listener, registry_of
-from distcache.proxy import LocalFactory, ReportingEndpoint, ServerLink, UpstreamFactory
+from distcache.proxy import LocalFactory
 from distcache.server_tap import SocketOptions, checked, positive_int
+from distcache.upstream import ReportingEndpoint, ServerLink, UpstreamFactory
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"
 
@@ -66,8 +67,26 @@ class Options(SocketOptions):
         self["ownership"] = self.ownership()
 
 
+def _without_retry_chatter(event) -> None:
+    """Pass the reconnecting service's events on, except its line per retry.
+
+    The link logs outages itself: once when the server goes, a reminder every few
+    minutes, once when it is back.
+    """
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class QuietClientService(ClientService):
+    """``ClientService`` without a log line per connection attempt."""
+
+    _log = Logger(observer=_without_retry_chatter)
+
+
 class ClientProxyService(ConfiguredService):
     """dc_client as a service; holds only plain configuration until it starts."""
+
+    program = "dc_client"
 
     log = Logger()
     runtime = ("link", "relay")
@@ -92,7 +111,7 @@ class ClientProxyService(ConfiguredService):
         self.__dict__.update(state)
 
     def build(self, reactor) -> None:
-        self.link = ServerLink()
+        self.link = ServerLink(clock=reactor, server=self.server)
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
         self.relay = RelayStore(self.link)
@@ -106,8 +125,9 @@ class ClientProxyService(ConfiguredService):
         retry = self.retry_ms / 1000.0
         endpoint = ReportingEndpoint(
             address.client_endpoint(reactor, address.parse(self.server)), self.link)
-        ClientService(endpoint, UpstreamFactory(self.link), retryPolicy=lambda attempt: retry,
-                      clock=reactor).setServiceParent(self)
+        QuietClientService(endpoint, UpstreamFactory(self.link),
+                           retryPolicy=lambda attempt: retry,
+                           clock=reactor).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()

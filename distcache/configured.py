@@ -10,11 +10,23 @@ privileges are dropped.
 from __future__ import annotations
 
 from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from distcache import __version__
+from distcache.startup import EXPECTED, as_startup_error, install_excepthook
+
+log = Logger()
 
 
 class ConfiguredService(MultiService):
-    """Subclasses implement ``build(reactor)``; attributes named in ``runtime`` are not pickled."""
+    """Subclasses implement ``build(reactor)``; attributes named in ``runtime`` are not pickled.
 
+    A failure to start that is the operator's to fix (see ``distcache.startup``)
+    leaves as a ``StartupError`` naming the program, the thing and the remedy.
+    """
+
+    #: the command this service is, in messages (dc_server, dcap-door, ...)
+    program = "distcache"
     #: attributes made by ``build`` (or handed in for tests) that never go into a tap file
     runtime = ()
 
@@ -42,10 +54,22 @@ class ConfiguredService(MultiService):
             self.build(self.reactor)
             self.built = True
 
+    def _starting(self, step) -> None:
+        try:
+            step()
+        except EXPECTED as e:
+            install_excepthook()
+            raise as_startup_error(self.program, e) from e
+
     def privilegedStartService(self) -> None:
-        self._ensure_built()
-        super().privilegedStartService()
+        def step():
+            self._ensure_built()
+            MultiService.privilegedStartService(self)
+        self._starting(step)
 
     def startService(self) -> None:
-        self._ensure_built()
-        super().startService()
+        def step():
+            self._ensure_built()
+            MultiService.startService(self)
+        self._starting(step)
+        log.info("{program} {version} started", program=self.program, version=__version__)

@@ -15,11 +15,11 @@ from distcache.listening import Listener
 from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
+from distcache.dcap.stateroot import default_root
 
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:22125"
-DEFAULT_ROOT = os.path.join("var", "dcap")
 
 
 class Options(PolicyOptions):
@@ -32,7 +32,8 @@ class Options(PolicyOptions):
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN, "Address the door listens on: a Twisted endpoint string "
                                       "(tcp:22125) or IP:host:port."],
-        ["root", "r", DEFAULT_ROOT, "State directory: namespace database and pool data."],
+        ["root", "r", None, "State directory: namespace database and pool data "
+                            "(default: $DCAP_ROOT, else var/dcap)."],
         ["anonymous-access", None, "READONLY", "What unauthenticated clients may do: NONE, READONLY or FULL."],
         ["connect-host", None, None, "Host name or address the door tells clients to connect to for data "
                                      "(for NAT); default: the address the client reached the door on."],
@@ -47,6 +48,8 @@ class Options(PolicyOptions):
     ]
 
     def postOptions(self):
+        if self["root"] is None:
+            self["root"] = default_root()
         try:
             address.parse(self["listen"])
         except address.AddressError as e:
@@ -78,6 +81,8 @@ def door_config(options) -> DoorConfig:
 
 class DoorService(ConfiguredService):
     """Opens storage and the listening endpoint on start; pickles as config."""
+
+    program = "dcap-door"
 
     runtime = ("pool", "factory")
 

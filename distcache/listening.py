@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.startup import StartupError
 
 
 class SocketOwnership(NamedTuple):
@@ -87,6 +88,10 @@ class Listener(Service):
             from twisted.internet import reactor
         addr = self.address
         if addr.kind == "unix":
+            directory = os.path.dirname(addr.path) or "."
+            if not os.path.isdir(directory):
+                raise StartupError(f"cannot listen on {addr}: directory {directory} does not "
+                                   f"exist; create it or choose another --listen")
             address.clear_stale_socket(addr.path)
         results = []
         address.server_endpoint(reactor, addr).listen(self.factory).addBoth(results.append)

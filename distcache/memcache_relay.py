@@ -64,7 +64,10 @@ def _flag(payload: bytes) -> bool:
 
 @implementer(ISessionStore)
 class RelayStore:
-    """Store calls as requests on dc_client's shared upstream link."""
+    """Store calls as requests on dc_client's shared upstream link.
+
+    To the link it is a :class:`distcache.upstream.LocalClient`.
+    """
 
     def __init__(self, link):
         self.link = link

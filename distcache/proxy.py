@@ -14,246 +14,23 @@ with requests in flight costs nothing: their late replies are dropped.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, List, Optional, Set
+from typing import Deque, List
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from distcache import wire
+from distcache.address import address_text
+from distcache.upstream import (PAUSE_BACKLOG, PAUSE_CLOSING, PAUSE_UPSTREAM, PAUSE_WRITE,
+                                UID_MASK, LinkState, Pending, ReportingEndpoint, ServerLink,
+                                UpstreamFactory, UpstreamProtocol, no_delay)
 
-UID_MASK = 0xFFFFFFFF
+__all__ = ["LocalProtocol", "LocalFactory", "ServerLink", "LinkState", "UpstreamFactory",
+           "UpstreamProtocol", "ReportingEndpoint", "Pending", "UID_MASK"]
+
 _EMPTY = b""
-_DISCONNECTED = bytes((wire.DISCONNECTED,))
-_encode_request = wire.encode_request
-_encode_response = wire.encode_response
-
-# Why a local connection is not being read (a bit mask; reading resumes at zero).
-PAUSE_WRITE = 1      # its own send buffer is full: the client is not reading replies
-PAUSE_BACKLOG = 2    # too many of its requests are in flight
-PAUSE_UPSTREAM = 4   # the server connection's send buffer is full
-PAUSE_CLOSING = 8    # malformed input: answering what came before, then closing
-
-
-def no_delay(transport) -> None:
-    """Small requests and replies go out at once over TCP, not held back by Nagle."""
-    if ITCPTransport.providedBy(transport):
-        try:
-            transport.setTcpNoDelay(True)
-        except OSError:
-            pass
-
-
-class Pending:
-    """One local request awaiting its reply; ``reply`` holds the framed answer once known."""
-
-    __slots__ = ("local", "uid", "op", "reply")
-
-    def __init__(self, local: "LocalProtocol", uid: int, op: int, reply: Optional[bytes] = None):
-        self.local = local
-        self.uid = uid
-        self.op = op
-        self.reply = reply
-
-
-class ServerLink:
-    """The one server connection that every local client shares.
-
-    It hands out upstream uids (a wrapping 32-bit counter that skips uids still in
-    flight), remembers which local request each in-flight uid belongs to, and answers
-    for the server while there is no connection.
-    """
-
-    log = Logger()
-
-    def __init__(self):
-        self.protocol: Optional[UpstreamProtocol] = None
-        self.in_flight: Dict[int, Pending] = {}
-        self.locals: Set[LocalProtocol] = set()
-        self.paused = False
-        self._next_uid = 1
-        self._unreachable_because: Optional[str] = None
-        # Counters, for logs and tests.
-        self.forwarded = 0
-        self.answered_unreachable = 0
-        self.answered_disconnected = 0
-        self.dropped_replies = 0
-        self.connects = 0
-
-    @property
-    def connected(self) -> bool:
-        return self.protocol is not None
-
-    # The server connection comes and goes.
-    def attach(self, protocol: "UpstreamProtocol") -> None:
-        self.protocol = protocol
-        self.connects += 1
-        self._unreachable_because = None
-        self.log.info("connected to the server at {peer}", peer=protocol.transport.getPeer())
-
-    def detach(self, protocol: "UpstreamProtocol", why: str) -> None:
-        """The server connection is gone: answer everything in flight with DISCONNECTED."""
-        if self.protocol is not protocol:
-            return
-        self.protocol = None
-        in_flight, self.in_flight = self.in_flight, {}
-        touched = set()
-        for pending in in_flight.values():
-            pending.reply = _encode_response(pending.uid, pending.op, _DISCONNECTED)
-            local = pending.local
-            if local.ready(pending):
-                touched.add(local)
-            elif local.gone:
-                self.dropped_replies += 1
-        self.answered_disconnected += len(in_flight)
-        for local in touched:
-            local.flush()
-        if self.paused:
-            self.resume_locals()
-        self.log.warn("lost the server connection ({why}); {n} requests in flight answered "
-                      "DISCONNECTED", why=why, n=len(in_flight))
-
-    def unreachable(self, why: str) -> None:
-        """A connection attempt failed; say so once per outage and reason, not per attempt."""
-        if why != self._unreachable_because:
-            self._unreachable_because = why
-            self.log.warn("cannot reach the server ({why}); answering requests empty "
-                          "until it is back", why=why)
-
-    # Requests from local clients.
-    def relay(self, local: "LocalProtocol", messages: List[wire.Message]) -> None:
-        """Forward one read's worth of requests, or answer them when the server is away."""
-        protocol = self.protocol
-        waiting = local.waiting
-        if protocol is None:
-            self.answered_unreachable += len(messages)
-            replies = [_encode_response(m.uid, m.op, _EMPTY) for m in messages]
-            if not waiting:
-                local.write_now(replies)
-                return
-            for m, reply in zip(messages, replies):
-                waiting.append(Pending(local, m.uid, m.op, reply))
-            return
-        in_flight = self.in_flight
-        uid = self._next_uid
-        out = []
-        for m in messages:
-            while uid in in_flight:
-                uid = (uid + 1) & UID_MASK
-            pending = Pending(local, m.uid, m.op)
-            in_flight[uid] = pending
-            waiting.append(pending)
-            out.append(_encode_request(uid, m.op, m.payload))
-            uid = (uid + 1) & UID_MASK
-        self._next_uid = uid
-        self.forwarded += len(messages)
-        protocol.transport.write(_EMPTY.join(out))
-
-    # Back-pressure from the server connection reaches every local client.
-    def pause_locals(self) -> None:
-        self.paused = True
-        for local in self.locals:
-            local.pause(PAUSE_UPSTREAM)
-
-    def resume_locals(self) -> None:
-        self.paused = False
-        for local in list(self.locals):
-            local.resume(PAUSE_UPSTREAM)
-
-
-@implementer(IPushProducer)
-class UpstreamProtocol(Protocol):
-    """The connection to dc_server: replies in, routed to the local clients by uid."""
-
-    log = Logger()
-
-    def __init__(self, link: ServerLink):
-        self.link = link
-        self._decoder = wire.Decoder(expect=True)
-        self._dropped = False
-
-    def connectionMade(self) -> None:
-        no_delay(self.transport)
-        self.transport.registerProducer(self, True)
-        self.link.attach(self)
-
-    def connectionLost(self, reason) -> None:
-        self.link.detach(self, reason.getErrorMessage())
-
-    # IPushProducer: when the server stops reading, stop reading the local clients.
-    def pauseProducing(self) -> None:
-        self.link.pause_locals()
-
-    def resumeProducing(self) -> None:
-        self.link.resume_locals()
-
-    def stopProducing(self) -> None:
-        pass
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._dropped:
-            return
-        messages, error = self._decoder.receive(data)
-        link = self.link
-        in_flight = link.in_flight
-        touched = set()
-        for m in messages:
-            pending = in_flight.pop(m.uid, None)
-            if pending is None or pending.op != m.op:
-                if pending is not None:
-                    in_flight[m.uid] = pending
-                error = wire.ProtocolError(
-                    f"reply uid={m.uid} {wire.OP_NAMES[m.op]} matches no request in flight")
-                break
-            pending.reply = _encode_response(pending.uid, m.op, m.payload)
-            local = pending.local
-            if local.ready(pending):
-                touched.add(local)
-            elif local.gone:
-                link.dropped_replies += 1
-        for local in touched:
-            local.flush()
-        if error is not None:
-            self.drop(f"malformed reply from the server: {error}")
-
-    def drop(self, why: str) -> None:
-        """Give up on this connection; the reconnecting client makes a new one."""
-        self._dropped = True
-        self.link.detach(self, why)
-        self.transport.abortConnection()
-
-
-@implementer(IStreamClientEndpoint)
-class ReportingEndpoint:
-    """Wraps the server's endpoint so that failed connection attempts reach the log."""
-
-    def __init__(self, endpoint, link: ServerLink):
-        self._endpoint = endpoint
-        self._link = link
-
-    def connect(self, factory):
-        return self._endpoint.connect(factory).addErrback(self._failed)
-
-    def _failed(self, failure):
-        if not failure.check(CancelledError):
-            self._link.unreachable(failure.getErrorMessage())
-        return failure
-
-
-class UpstreamFactory(Factory):
-    """Builds the server connection for the reconnecting client."""
-
-    noisy = False
-
-    def __init__(self, link: ServerLink):
-        self.link = link
-
-    def buildProtocol(self, addr) -> UpstreamProtocol:
-        protocol = UpstreamProtocol(self.link)
-        protocol.factory = self
-        return protocol
 
 
 @implementer(IPushProducer)
@@ -282,7 +59,7 @@ class LocalProtocol(Protocol):
         link.locals.add(self)
         no_delay(self.transport)
         self.transport.registerProducer(self, True)
-        if link.paused:
+        if link.blocked:
             self.pause(PAUSE_UPSTREAM)
         if factory.idle:
             self._last = factory.clock.seconds()
@@ -301,15 +78,13 @@ class LocalProtocol(Protocol):
         self._idle_call = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._paused & PAUSE_CLOSING:
-            return
-        messages, error = self._decoder.receive(data)
+        messages, error = self._decoder.receive(data)  # nothing more once it has failed
         factory = self.factory
         if factory.idle:
             self._last = factory.clock.seconds()
         if error is not None:
             self.log.warn("closing local connection from {peer}: {error}",
-                          peer=self.transport.getPeer(), error=error)
+                          peer=address_text(self.transport.getPeer()), error=str(error))
             self.pause(PAUSE_CLOSING)
         if not self._held and len(self.waiting) + len(messages) < self.max_outstanding:
             if messages:
@@ -335,7 +110,7 @@ class LocalProtocol(Protocol):
             self.pause(PAUSE_BACKLOG)
         elif len(waiting) <= limit // 2:
             self.resume(PAUSE_BACKLOG)
-        if self._paused & PAUSE_CLOSING and not held and not waiting:
+        if self._decoder.failed is not None and not held and not waiting:
             self.transport.loseConnection()
 
     # Replies.
@@ -401,7 +176,7 @@ class LocalProtocol(Protocol):
             delay = self._last + idle - factory.clock.seconds()
             if delay <= 0:
                 self.log.info("closing local connection from {peer}: idle for {idle}s",
-                              peer=self.transport.getPeer(), idle=idle)
+                              peer=address_text(self.transport.getPeer()), idle=idle)
                 self.transport.loseConnection()
                 return
         self._idle_call = factory.clock.callLater(delay, self._idle_check)

@@ -2,7 +2,9 @@
 
 Each connection decodes requests and answers them in order.  Answers already in hand
 are written at once, batched per read; when the store answers with a Deferred, later
-answers wait behind it so the order is kept.  A connection whose peer stops reading is
+answers wait behind it so the order is kept.  A malformed request closes the connection
+once everything before it is answered; a store failure closes it at once, after the
+answers that were ready before the failed one.  A connection whose peer stops reading is
 paused (it is its own transport's producer), so memory stays bounded.
 """
 
@@ -20,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from distcache import wire
+from distcache.address import address_text
 
 _NOTOK = b"\x01"
 _OK = b"\x00"
@@ -62,6 +65,13 @@ class ActivityReport:
         self._reported_sessions = len(self._store)
 
 
+# A connection's states.  OPEN: requests are read and answered.  DRAINING: the input
+# was malformed; replies to what came before it are still awaited and written, then the
+# connection closes.  CLOSED: closing or gone; nothing more is read or written.
+OPEN, DRAINING, CLOSED = "open", "draining", "closed"
+_PENDING = object()  # an answer the store has not given yet
+
+
 @implementer(IPushProducer)
 class CacheServerProtocol(Protocol):
     """One client connection to the cache."""
@@ -70,9 +80,11 @@ class CacheServerProtocol(Protocol):
 
     def __init__(self):
         self._decoder = wire.Decoder(expect=False)
-        # Replies waiting behind an unanswered Deferred, in request order.
-        self._queue: Optional[Deque] = None
-        self._closing = False
+        # [message, answer] slots behind an unanswered Deferred, in request order; the
+        # head is always still pending, so anything resolved behind it waits its turn.
+        self._queue: Deque[list] = deque()
+        self.state = OPEN
+        self._fault: Optional[str] = None
 
     def connectionMade(self) -> None:
         self.factory.connections += 1
@@ -80,7 +92,8 @@ class CacheServerProtocol(Protocol):
 
     def connectionLost(self, reason) -> None:
         self.factory.connections -= 1
-        self._queue = None
+        self.state = CLOSED
+        self._queue.clear()
 
     # IPushProducer: the transport pauses us when its send buffer fills.
     def pauseProducing(self) -> None:
@@ -93,13 +106,16 @@ class CacheServerProtocol(Protocol):
         pass
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self.state is not OPEN:
             return
         messages, error = self._decoder.receive(data)
         out: List[bytes] = []
+        failure = None
         try:
             for message in messages:
-                self._answer(message, out)
+                failure = self._answer(message, out)
+                if failure is not None:
+                    break
         except wire.ProtocolError as e:
             error = e
         if out:
@@ -107,10 +123,21 @@ class CacheServerProtocol(Protocol):
         factory = self.factory
         factory.activity.operations += len(messages)
         factory.activity.counted()
-        if error is not None:
-            self._fail(error)
+        if failure is not None:
+            self._store_failed(failure)
+        elif error is not None:
+            factory.protocol_errors += 1
+            if self._queue:
+                self.state = DRAINING
+                self._fault = str(error)
+            else:
+                self._close(str(error))
 
-    def _answer(self, message: wire.Message, out: List[bytes]) -> None:
+    def _answer(self, message: wire.Message, out: List[bytes]) -> Optional[Failure]:
+        """Answer one request into ``out``, or queue it behind a pending answer.
+
+        Returns the store's failure when it failed at once.
+        """
         store = self.factory.store
         op = message.op
         payload = message.payload
@@ -126,39 +153,54 @@ class CacheServerProtocol(Protocol):
                 result = request
             else:
                 result = store.add(request.session_id, request.data, request.timeout_ms)
-        if self._queue is None and not isinstance(result, defer.Deferred):
-            out.append(_reply(message, result))
-            return
-        if self._queue is None:
-            self._queue = deque()
-        slot = [message, result]
-        self._queue.append(slot)
+        queue = self._queue
         if isinstance(result, defer.Deferred):
-            result.addBoth(self._resolved, slot)
+            slot = [message, _PENDING]
+            result.addBoth(self._resolved, slot)  # may fire at once
+            if slot[1] is _PENDING or queue:
+                queue.append(slot)
+                return None
+            result = slot[1]
+        elif queue:
+            queue.append([message, result])
+            return None
+        if isinstance(result, Failure):
+            return result
+        out.append(_reply(message, result))
+        return None
 
     def _resolved(self, result, slot) -> None:
         slot[1] = result
+        if self.state is not CLOSED:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Write the answers now at the head of the queue; close if that was all."""
         queue = self._queue
-        if queue is None:  # connection gone
-            return
         out = []
-        while queue and not isinstance(queue[0][1], defer.Deferred):
+        failure = None
+        while queue and queue[0][1] is not _PENDING:
             message, answer = queue.popleft()
             if isinstance(answer, Failure):
-                self.log.failure("session store failed", answer)
-                self._fail(wire.ProtocolError("session store failure"))
-                return
+                failure = answer
+                break
             out.append(_reply(message, answer))
-        if not queue:
-            self._queue = None
         if out:
             self.transport.write(b"".join(out))
+        if failure is not None:
+            self._store_failed(failure)
+        elif not queue and self.state is DRAINING:
+            self._close(self._fault)
 
-    def _fail(self, error: wire.ProtocolError) -> None:
-        self.factory.protocol_errors += 1
-        peer = self.transport.getPeer()
-        self.log.warn("closing connection from {peer}: {error}", peer=peer, error=error)
-        self._closing = True
+    def _store_failed(self, failure: Failure) -> None:
+        self.log.failure("session store failed", failure)
+        self._close("session store failure")
+
+    def _close(self, why: str) -> None:
+        self.log.warn("closing connection from {peer}: {why}",
+                      peer=address_text(self.transport.getPeer()), why=why)
+        self.state = CLOSED
+        self._queue.clear()
         self.transport.loseConnection()
 
 

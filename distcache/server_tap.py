@@ -95,6 +95,8 @@ class Options(SocketOptions):
 class CacheServerService(ConfiguredService):
     """dc_server as a service; holds only plain configuration until it starts."""
 
+    program = "dc_server"
+
     log = Logger()
     runtime = ("factory", "memcache")
 

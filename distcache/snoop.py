@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from distcache import wire
+from distcache.address import address_text
 
 TO_SERVER = "C>S"
 TO_CLIENT = "S>C"
@@ -27,19 +29,6 @@ def session_id_text(session_id: bytes) -> str:
     if shown and all(0x20 <= b < 0x7F for b in shown) and b'"' not in shown:
         return f'"{shown.decode("ascii")}"{more}'
     return f"0x{shown.hex()}{more}" if shown else '""'
-
-
-def address_text(addr) -> str:
-    """A peer address as an operator would write it."""
-    host = getattr(addr, "host", None)
-    if host is not None:
-        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
-    name = getattr(addr, "name", None)
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    if name is not None:
-        return f"UNIX:{name}"
-    return "UNIX (unnamed)" if type(addr).__name__ == "UNIXAddress" else str(addr)
 
 
 def _size(n: int) -> str:
@@ -98,13 +87,7 @@ class StreamAnalyser:
     def feed(self, data: bytes) -> List[str]:
         """Count ``data`` and return one line per message it completes."""
         self.bytes += len(data)
-        if self.failed is not None:
-            return []
-        try:
-            messages = self._decoder.feed(data)
-            error = None
-        except wire.ProtocolError as e:
-            messages, error = e.messages, e
+        messages, error = self._decoder.receive(data)  # nothing more after a fault
         lines = [f"{self.direction} {self._describe(m)}" for m in messages]
         self.messages += len(messages)
         if error is not None:
@@ -170,6 +153,10 @@ class SnoopServerSide(Protocol):
     def __init__(self, pair: Pair):
         self.pair = pair
 
+    def connectionMade(self) -> None:
+        if self.pair.finished:  # the client left and the endpoint connected regardless
+            self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         pair = self.pair
         pair.client.transport.write(data)
@@ -199,6 +186,7 @@ class SnoopClientSide(Protocol):
     def __init__(self):
         self.pair: Optional[Pair] = None
         self._early: List[bytes] = []
+        self._connecting: Optional[Deferred] = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -206,14 +194,12 @@ class SnoopClientSide(Protocol):
         self.pair = pair = Pair(factory.pairs, factory.report, factory.clock)
         pair.client = self
         self.transport.pauseProducing()  # until the server is there to take the bytes
-        d = factory.server_endpoint.connect(_ServerSideFactory(pair))
-        d.addCallbacks(self._server_connected, self._server_failed)
+        self._connecting = factory.server_endpoint.connect(_ServerSideFactory(pair))
+        self._connecting.addCallbacks(self._server_connected, self._server_failed)
 
     def _server_connected(self, server: SnoopServerSide) -> None:
+        self._connecting = None
         pair = self.pair
-        if pair.finished:  # the client left while we were connecting
-            server.transport.loseConnection()
-            return
         pair.server = server
         pair.say(f"open: client {address_text(self.transport.getPeer())} <-> server "
                  f"{address_text(server.transport.getPeer())}")
@@ -226,7 +212,10 @@ class SnoopClientSide(Protocol):
         self.transport.resumeProducing()
 
     def _server_failed(self, failure) -> None:
+        self._connecting = None
         pair = self.pair
+        if pair.finished:  # cancelled because the client left: nothing to report
+            return
         pair.say(f"cannot reach the server: {failure.getErrorMessage()}")
         pair.finish("closed for want of a server")
         self.transport.loseConnection()
@@ -242,7 +231,9 @@ class SnoopClientSide(Protocol):
     def connectionLost(self, reason) -> None:
         pair = self.pair
         pair.finish("closed by the client")
-        if pair.server is not None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        elif pair.server is not None:
             pair.server.transport.loseConnection()
 
 

@@ -41,6 +41,8 @@ class Options(SocketOptions):
 class SnoopService(ConfiguredService):
     """dc_snoop as a service; holds only plain configuration until it starts."""
 
+    program = "dc_snoop"
+
     log = Logger()
     runtime = ("factory", "_report")
 

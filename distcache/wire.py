@@ -61,7 +61,9 @@ class ProtocolError(Exception):
     server still answers before it closes.
     """
 
-    messages: "List[Message]" = []
+    def __init__(self, reason: str, messages: "Optional[List[Message]]" = None):
+        super().__init__(reason)
+        self.messages: "List[Message]" = [] if messages is None else messages
 
 
 class Message(NamedTuple):
@@ -139,9 +141,13 @@ class Decoder:
 
     ``expect`` is ``False`` for a server (requests only), ``True`` for a client
     (responses only), or ``None`` to accept both (a protocol analyser).
+
+    Once it has raised, a decoder stays failed (:attr:`failed` holds the fault) and
+    refuses more input, so a connection's state after a fault lives here and its
+    protocol keeps no flag of its own.
     """
 
-    __slots__ = ("_buf", "_expect", "_parts", "_size", "_uid", "_op", "_resp")
+    __slots__ = ("_buf", "_expect", "_parts", "_size", "_uid", "_op", "_resp", "_failed")
 
     def __init__(self, expect: Optional[bool] = False):
         self._buf = bytearray()
@@ -151,6 +157,12 @@ class Decoder:
         self._uid = 0
         self._op = 0
         self._resp = False
+        self._failed: Optional[ProtocolError] = None
+
+    @property
+    def failed(self) -> Optional[ProtocolError]:
+        """The fault that ended decoding, or None while the stream is sound."""
+        return self._failed
 
     @property
     def buffered(self) -> int:
@@ -163,7 +175,12 @@ class Decoder:
         return not self._buf and not self._parts
 
     def feed(self, data: bytes) -> List[Message]:
-        """Consume ``data``; return the messages it completes, in order."""
+        """Consume ``data``; return the messages it completes, in order.
+
+        Raises :class:`ProtocolError` at the first fault, and on every call after it.
+        """
+        if self._failed is not None:
+            raise ProtocolError(f"input after a fault ({self._failed})")
         buf = self._buf
         buf += data
         out: List[Message] = []
@@ -197,9 +214,13 @@ class Decoder:
                     self._size = 0
         except ProtocolError as e:
             e.messages = out
+            self._failed = e
+            self._buf = bytearray()
+            self._parts = []
+            self._size = 0
             raise
         finally:
-            if pos:
+            if pos and self._failed is None:
                 del buf[:pos]
         return out
 
@@ -207,8 +228,11 @@ class Decoder:
         """Like :meth:`feed`, but a fault comes back beside the messages decoded before it.
 
         Peers answer those messages first and then close: that is what every
-        connection of the suite does with a malformed stream.
+        connection of the suite does with a malformed stream.  Input after the fault
+        is discarded (``([], None)``): the fault has been handed out once already.
         """
+        if self._failed is not None:
+            return [], None
         try:
             return self.feed(data), None
         except ProtocolError as e:

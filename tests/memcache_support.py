@@ -3,6 +3,7 @@
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -31,3 +32,13 @@ def ask(port, data, until=b"\r\n", timeout=5.0):
                 break
             got += chunk
         return got
+
+
+def wait_for(predicate, timeout=10.0):
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; True if it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,7 +1,6 @@
 """Small real-socket helpers shared by the end-to-end tests."""
 
 import socket
-import time
 
 from twisted.internet import defer, endpoints, protocol, reactor
 
@@ -47,15 +46,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def blocking_exchange(family, addr, payload, want, timeout=5.0):

@@ -244,3 +244,30 @@ def test_a_cancelled_call_is_not_failed_again_when_the_connection_drops():
     failure = result(d)
     assert isinstance(failure, Failure)
     protocol.connectionLost(Failure(ConnectionDone("gone")))  # must not raise AlreadyCalled
+
+
+def test_uids_wrap_and_skip_those_still_pending():
+    protocol, transport = connected()
+    protocol._next_uid = 0
+    oldest = protocol.get(b"old")                # uid 0, still unanswered
+    protocol._next_uid = 0xFFFFFFFF
+    last = protocol.has(b"a")                    # uid 0xffffffff
+    wrapped = protocol.has(b"b")                 # not 0 again: that one is pending
+    uids = [m.uid for m in requests(transport)]
+    assert uids == [0, 0xFFFFFFFF, 1]
+    protocol.dataReceived(wire.encode_response(1, wire.OP_HAVE, b"\x00")
+                          + wire.encode_response(0, wire.OP_GET, b"old data")
+                          + wire.encode_response(0xFFFFFFFF, wire.OP_HAVE, b"\x01"))
+    assert (result(oldest), result(last), result(wrapped)) == (b"old data", False, True)
+
+
+def test_nothing_is_read_after_the_stream_went_bad():
+    from twisted.logger import capturedLogs
+    protocol, transport = connected()
+    d = protocol.get(b"a")
+    with capturedLogs() as events:
+        protocol.dataReceived(b"\xff" * 14)
+        protocol.dataReceived(b"\xff" * 14)
+        protocol.dataReceived(wire.encode_response(1, wire.OP_GET, b"x"))
+    failure_of(d, MalformedReply)
+    assert len(events) == 1

@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ from distcache import loadtest
 
 import cache_support
 from cache_support import DcClientProcess, DcServerProcess, FakeCache, repo_env
+from polling import wait_until
 
 
 
@@ -59,13 +59,9 @@ def test_passes_against_dc_server_on_tcp(server):
 def test_passes_through_dc_client(server, sockdir, extra):
     proxy = DcClientProcess(os.path.join(sockdir, "local"), server.address).start()
     try:
-        deadline = 50
-        while True:  # dc_client answers empty replies until its server link is up
-            status, out, err = dc_test("-connect", proxy.address, "-ops", "1", *extra)
-            if status == 0 or deadline == 0:
-                break
-            deadline -= 1
-            time.sleep(0.1)
+        # dc_client answers empty replies until its server link is up
+        wait_until(lambda: dc_test("-connect", proxy.address, "-ops", "1", *extra)[0] == 0,
+                   timeout=5, interval=0.1)
         status, out, err = dc_test("-connect", proxy.address, "-sessions", "12", "-ops", "1500",
                                    *extra)
         assert status == 0, err

@@ -7,7 +7,7 @@ from twisted.internet.testing import StringTransport
 from distcache import memcache
 from distcache.memcache_relay import RelayStore, relay_stats
 from distcache.memcache_server import MemcacheFactory
-from distcache.proxy import ServerLink, UpstreamProtocol
+from distcache.upstream import ServerLink, UpstreamProtocol
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
 

@@ -10,8 +10,8 @@ from cache_support import (DcClientProcess, DcServerProcess, free_tcp_port, shor
                            wait_until_connectable)
 from distcache import memcache
 from distcache.blocking import SessionCache
-from memcache_support import ask, need_tools, tool
-from netutil import wait_for
+from memcache_support import ask, need_tools, tool, wait_for
+
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ from distcache.blocking import SessionCache
 from distcache.counting import CountingStore, StoreCounters
 from distcache.memcache_server import MemcacheFactory
 from distcache.metrics import ClientCollector, ServerCollector, registry_of
-from distcache.proxy import ServerLink
+from distcache.upstream import ServerLink
 from distcache.replies import CacheUnavailable
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
-from memcache_support import ask
-from netutil import wait_for
+from memcache_support import ask, wait_for
+
 
 
 def samples(text):

@@ -6,10 +6,14 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.logger import capturedLogs, formatEvent
 
 from distcache import wire
-from distcache.proxy import LocalFactory, LocalProtocol, ServerLink, UpstreamFactory, UID_MASK
+from distcache.proxy import (LinkState, LocalFactory, LocalProtocol, ReportingEndpoint,
+                             ServerLink, UpstreamFactory, UID_MASK)
 
 from proxy_support import multiframe_add, requests_and_replies
 
@@ -19,7 +23,7 @@ class Proxy:
 
     def __init__(self, idle: float = 0.0):
         self.clock = task.Clock()
-        self.link = ServerLink()
+        self.link = ServerLink(clock=self.clock, server="UNIX:/run/dc_server")
         self.factory = LocalFactory(self.link, clock=self.clock, idle=idle)
         self.upstream = None
         self.up_transport = None
@@ -31,9 +35,9 @@ class Proxy:
         proto.makeConnection(transport)
         return proto, transport
 
-    def connect_upstream(self):
+    def connect_upstream(self, peer=None):
         self.upstream = UpstreamFactory(self.link).buildProtocol(None)
-        self.up_transport = StringTransport()
+        self.up_transport = StringTransport(peerAddress=peer)
         self.upstream.makeConnection(self.up_transport)
         self._server_decoder = wire.Decoder(expect=False)
 
@@ -374,36 +378,113 @@ def test_every_client_gets_its_own_replies_in_order(plans, chunk, order):
     assert not proxy.link.in_flight
 
 
-def test_failed_connection_attempts_are_logged_once_per_reason():
-    from twisted.internet import defer
-    from twisted.internet.error import ConnectionRefusedError
-    from twisted.logger import capturedLogs
-    from distcache.proxy import ReportingEndpoint
+class Refusing:
+    """A server endpoint nobody listens on."""
 
-    class Refusing:
-        def __init__(self):
-            self.error = ConnectionRefusedError()
+    def __init__(self):
+        self.error = ConnectionRefusedError()
+        self.factories = []
 
-        def connect(self, factory):
-            return defer.fail(self.error)
+    def connect(self, factory):
+        self.factories.append(factory)
+        return defer.fail(self.error)
 
-    link = ServerLink()
-    refusing = Refusing()
-    endpoint = ReportingEndpoint(refusing, link)
-    with capturedLogs() as events:
-        for _ in range(3):
-            endpoint.connect(None).addErrback(lambda f: None)
-        refusing.error = defer.CancelledError()   # service stopping: not an outage
-        endpoint.connect(None).addErrback(lambda f: None)
-    warnings = [e for e in events if e.get("log_namespace", "").startswith("distcache.proxy")]
-    assert len(warnings) == 1 and "refused" in warnings[0]["why"]
+
+def link_lines(events):
+    """The rendered dc_client link lines among captured log events."""
+    return [formatEvent(e) for e in events
+            if e.get("log_namespace", "").startswith("distcache.upstream")]
+
+
+def test_an_outage_is_one_line_a_reminder_every_five_minutes_and_one_line_when_over():
     proxy = Proxy()
-    proxy.link = link
+    refusing = Refusing()
+    endpoint = ReportingEndpoint(refusing, proxy.link)
     with capturedLogs() as events:
-        UpstreamFactory(link).buildProtocol(None).makeConnection(StringTransport())
-        refusing.error = ConnectionRefusedError()
-        endpoint.connect(None).addErrback(lambda f: None)   # a new outage is reported again
-    assert sum("why" in e for e in events) == 1
+        proxy.connect_upstream(UNIXAddress(b"/run/dc_server.sock"))
+        proto, transport = proxy.local()
+        proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a"))
+        proxy.lose_upstream()
+        for _ in range(12 * 12):           # twelve minutes of attempts, one every 5 s
+            proxy.clock.advance(5)
+            endpoint.connect(None).addErrback(lambda f: None)
+            proto.dataReceived(wire.encode_request(2, wire.OP_HAVE, b"a"))
+        proxy.connect_upstream(UNIXAddress(b"/run/dc_server.sock"))
+    lines = link_lines(events)
+    assert lines == [
+        "connected to the server at UNIX:/run/dc_server.sock",
+        "lost the server at UNIX:/run/dc_server.sock (Connection was closed cleanly.); "
+        "1 requests in flight answered DISCONNECTED, later ones empty until it is back",
+        "the server at UNIX:/run/dc_server is still unreachable after 5m00s (Connection was "
+        "refused by other side.); 59 requests answered empty so far",
+        "the server at UNIX:/run/dc_server is still unreachable after 10m00s (Connection was "
+        "refused by other side.); 119 requests answered empty so far",
+        "the server at UNIX:/run/dc_server.sock is back after 12m00s; 144 requests were "
+        "answered empty meanwhile",
+    ]
+    assert proxy.link.state is LinkState.CONNECTED
+
+
+def test_a_server_never_reached_is_one_line_and_a_stopping_service_none():
+    proxy = Proxy()
+    refusing = Refusing()
+    endpoint = ReportingEndpoint(refusing, proxy.link)
+    with capturedLogs() as events:
+        for _ in range(50):
+            endpoint.connect(None).addErrback(lambda f: None)
+            proxy.clock.advance(5)
+        refusing.error = defer.CancelledError()   # the service stopping: not an outage
+        endpoint.connect(None).addErrback(lambda f: None)
+    assert link_lines(events) == [
+        "cannot reach the server at UNIX:/run/dc_server (Connection was refused by other "
+        "side.); answering requests empty until it is back"]
+    assert proxy.link.state is LinkState.AWAY
+
+
+def test_a_malformed_reply_is_one_line_and_the_close_that_follows_none():
+    proxy = Proxy()
+    proxy.connect_upstream(IPv4Address("TCP", "10.0.0.5", 9001))
+    proto, transport = proxy.local()
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a"))
+    with capturedLogs() as events:
+        proxy.upstream.dataReceived(b"\xff" * 14)
+        proxy.upstream.dataReceived(b"\xff" * 14)
+        proxy.lose_upstream()
+    [line] = link_lines(events)
+    assert line.startswith("dropped the server connection to 10.0.0.5:9001: malformed reply")
+    assert proxy.link.state is LinkState.AWAY
+
+
+def test_the_reconnecting_service_says_nothing_per_attempt_or_connection():
+    from distcache.client_tap import QuietClientService
+    proxy = Proxy()
+    refusing = Refusing()
+    service = QuietClientService(ReportingEndpoint(refusing, proxy.link),
+                                 UpstreamFactory(proxy.link), retryPolicy=lambda n: 5.0,
+                                 clock=proxy.clock)
+    with capturedLogs() as events:
+        service.startService()
+        for _ in range(100):
+            proxy.clock.advance(5)
+        for factory in refusing.factories[:3]:   # what a connector does with its factory
+            factory.doStart()
+            factory.doStop()
+        service.stopService()
+    assert len(refusing.factories) == 101
+    # Only the link's own lines: the outage, and a reminder after five minutes.
+    assert [formatEvent(e) for e in events] == link_lines(events)
+    assert [line.split(" (")[0] for line in link_lines(events)] == [
+        "cannot reach the server at UNIX:/run/dc_server",
+        "the server at UNIX:/run/dc_server is still unreachable after 5m00s"]
+
+
+def test_every_input_is_specified_in_every_state():
+    from distcache.upstream import _INPUTS, _TABLE
+    for state in LinkState:
+        for name in _INPUTS:
+            next_state, outputs = _TABLE[state, name]
+            assert isinstance(next_state, LinkState)
+            assert all(callable(getattr(ServerLink, output)) for output in outputs)
 
 
 @settings(max_examples=150, deadline=None)

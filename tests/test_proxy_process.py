@@ -17,6 +17,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from distcache import wire
 from distcache.client_tap import ClientProxyService
 
+from polling import poll_until
 from proxy_support import collector_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,16 +74,8 @@ def test_real_server_killed_and_restarted_under_load():
     link = proxy.link
     clients = []
 
-    @defer.inlineCallbacks
-    def until(predicate, timeout=10.0):
-        for _ in range(int(timeout / 0.01)):
-            if predicate():
-                return
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        raise AssertionError("condition not reached in time")
-
     try:
-        yield until(lambda: link.connected)
+        yield poll_until(lambda: link.connected)
         endpoint = UNIXClientEndpoint(reactor, local_path)
         protocols = yield defer.gatherResults([endpoint.connect(collector_factory())
                                                for _ in range(20)])
@@ -98,24 +91,24 @@ def test_real_server_killed_and_restarted_under_load():
             clients.append(LoopingClient(reactor, protocol))
         for client in clients:
             client.start()
-        yield until(lambda: all(len(c.protocol.replies) >= 5 for c in clients))
+        yield poll_until(lambda: all(len(c.protocol.replies) >= 5 for c in clients))
 
         server.send_signal(signal.SIGKILL)
         server.wait()
-        yield until(lambda: not link.connected)
+        yield poll_until(lambda: not link.connected)
         down_at = [len(c.protocol.replies) for c in clients]
-        yield until(lambda: all(len(c.protocol.replies) >= n + 6
+        yield poll_until(lambda: all(len(c.protocol.replies) >= n + 6
                                 for c, n in zip(clients, down_at)))
 
         server = start_server(server_path)
-        yield until(lambda: link.connected)
+        yield poll_until(lambda: link.connected)
         up_at = [len(c.protocol.replies) for c in clients]
-        yield until(lambda: all(len(c.protocol.replies) >= n + 5
+        yield poll_until(lambda: all(len(c.protocol.replies) >= n + 5
                                 for c, n in zip(clients, up_at)))
         for client in clients:
             client.running = False
         # Nothing is left hanging: every request sent got exactly one reply.
-        yield until(lambda: all(len(c.protocol.replies) == c.sent for c in clients))
+        yield poll_until(lambda: all(len(c.protocol.replies) == c.sent for c in clients))
         for client, n_down, n_up in zip(clients, down_at, up_at):
             seen = kinds(client.protocol.replies)
             assert [m.uid for m in client.protocol.replies] == list(range(1, client.sent + 1))

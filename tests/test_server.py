@@ -169,6 +169,88 @@ def test_store_failure_closes_the_connection(clock):
     assert transport.disconnecting
 
 
+def test_replies_ready_before_a_store_failure_are_written_before_the_close(clock):
+    store = SlowStore(clock)
+    proto, transport = connect(CacheServerFactory(store))
+    proto.dataReceived(
+        wire.encode_request(1, wire.OP_ADD, wire.encode_add_payload(b"s", b"data", 9000))
+        + wire.encode_request(2, wire.OP_HAVE, b"s")
+        + wire.encode_request(3, wire.OP_GET, b"s"))
+    (d1, v1), (d3, _) = store.waiting
+    d3.errback(RuntimeError("database gone"))
+    assert take(transport) == b"" and not transport.disconnecting
+    d1.callback(v1)
+    assert [(m.uid, m.payload) for m in replies(take(transport))] == [(1, b"\x00"), (2, b"\x00")]
+    assert transport.disconnecting
+
+
+def test_nothing_is_written_after_a_store_failure_closes_the_connection(clock):
+    store = SlowStore(clock)
+    proto, transport = connect(CacheServerFactory(store))
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a")
+                       + wire.encode_request(2, wire.OP_GET, b"b"))
+    (d1, _), (d2, v2) = store.waiting
+    d1.errback(RuntimeError("database gone"))
+    assert transport.disconnecting
+    d2.callback(v2)
+    proto.dataReceived(wire.encode_request(3, wire.OP_HAVE, b"b"))
+    assert take(transport) == b""
+
+
+class FiredStore(SlowStore):
+    """A store whose Deferreds have already fired when it returns them (a cache hit)."""
+
+    def _later(self, value):
+        return defer.succeed(value)
+
+    def remove(self, sid):
+        return defer.fail(RuntimeError("database gone"))
+
+
+def test_already_fired_deferreds_keep_request_order(clock):
+    proto, transport = connect(CacheServerFactory(FiredStore(clock)))
+    proto.dataReceived(
+        wire.encode_request(1, wire.OP_HAVE, b"s")
+        + wire.encode_request(2, wire.OP_ADD, wire.encode_add_payload(b"s", b"data", 9000))
+        + wire.encode_request(3, wire.OP_HAVE, b"s")
+        + wire.encode_request(4, wire.OP_GET, b"s"))
+    assert [(m.uid, m.payload) for m in replies(take(transport))] == [
+        (1, b"\x01"), (2, b"\x00"), (3, b"\x00"), (4, b"data")]
+    assert not transport.disconnecting
+
+
+def test_an_already_failed_deferred_answers_what_came_before_then_closes(clock):
+    proto, transport = connect(CacheServerFactory(FiredStore(clock)))
+    proto.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"s")
+                       + wire.encode_request(2, wire.OP_REMOVE, b"s")
+                       + wire.encode_request(3, wire.OP_HAVE, b"s"))
+    assert [m.uid for m in replies(take(transport))] == [1]
+    assert transport.disconnecting
+
+
+def test_malformed_input_behind_a_pending_answer_closes_once_it_is_written(clock):
+    store = SlowStore(clock)
+    proto, transport = connect(CacheServerFactory(store))
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"s") + b"\x00\x12\x00\x00")
+    assert not transport.disconnecting
+    proto.dataReceived(wire.encode_request(2, wire.OP_HAVE, b"s"))
+    [(d1, v1)] = store.waiting
+    d1.callback(v1)
+    assert [(m.uid, m.payload) for m in replies(take(transport))] == [(1, b"\x01")]
+    assert transport.disconnecting
+
+
+def test_closing_logs_the_peer_as_host_and_port(clock):
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import capturedLogs
+    proto = CacheServerFactory(SessionStore(clock)).buildProtocol(None)
+    proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4567)))
+    with capturedLogs() as events:
+        proto.dataReceived(b"\x00\x12\x00\x00")
+    [event] = events
+    assert event["peer"] == "10.1.2.3:4567"
+
+
 def test_a_peer_that_stops_reading_pauses_the_connection(clock):
     factory = CacheServerFactory(SessionStore(clock))
     proto, transport = connect(factory)

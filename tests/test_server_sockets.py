@@ -11,6 +11,7 @@ from twisted.internet import defer
 
 from distcache import wire
 from distcache.address import AddressError
+from distcache.startup import StartupError
 from distcache.server_tap import CacheServerService, Options, makeService
 from netutil import exchange
 from vectors import transcript
@@ -117,8 +118,9 @@ async def test_stale_socket_is_replaced_and_permissions_applied(tmp_path):
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         # a second server must not steal a live socket
-        with pytest.raises(AddressError, match="in use"):
+        with pytest.raises(StartupError, match="in use") as e:
             start(["--listen", f"UNIX:{path}"])
+        assert isinstance(e.value.__cause__, AddressError)
         got = await exchange(f"unix:path={path}", REQUESTS, len(REPLIES))
         assert got == REPLIES
     finally:
@@ -128,8 +130,9 @@ async def test_stale_socket_is_replaced_and_permissions_applied(tmp_path):
 def test_a_regular_file_is_never_removed(tmp_path):
     path = tmp_path / "not-a-socket"
     path.write_text("precious")
-    with pytest.raises(AddressError, match="not a socket"):
+    with pytest.raises(StartupError, match="not a socket") as e:
         start(["--listen", f"UNIX:{path}"])
+    assert isinstance(e.value.__cause__, AddressError)
     assert path.read_text() == "precious"
 
 

@@ -17,9 +17,10 @@ class HeldEndpoint:
 
     def __init__(self):
         self.attempts = []
+        self.cancellable = True
 
     def connect(self, factory):
-        d = defer.Deferred()
+        d = defer.Deferred(None if self.cancellable else lambda d: None)
         self.attempts.append((factory, d))
         return d
 
@@ -28,7 +29,8 @@ class HeldEndpoint:
         protocol = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=UNIXAddress("/run/scache"))
         protocol.makeConnection(transport)
-        d.callback(protocol)
+        if not d.called:  # a cancelled attempt has already failed
+            d.callback(protocol)
         return protocol, transport
 
     def fail(self):
@@ -100,13 +102,23 @@ def test_the_server_closing_first_closes_the_client():
     assert "closed by the server" in s.lines[-1]
 
 
-def test_a_client_leaving_while_the_server_connects():
+def test_a_client_leaving_cancels_the_server_connection_attempt():
     s = Snoop()
     client, _ = s.accept()
+    [(_factory, attempt)] = s.endpoint.attempts
     closed(client)
-    _, server_t = s.endpoint.succeed()
-    assert server_t.disconnecting
+    assert attempt.called  # cancelled: nothing is left connecting for nobody
     assert len(s.lines) == 1 and s.lines[0].startswith("pair 1 closed by the client")
+
+
+def test_a_server_connection_made_for_a_client_already_gone_is_closed():
+    s = Snoop()
+    s.endpoint.cancellable = False  # an endpoint that connects despite the cancel
+    client, _ = s.accept()
+    closed(client)
+    server, server_t = s.endpoint.succeed()
+    assert server_t.disconnecting
+    assert len(s.lines) == 1
 
 
 def test_an_unreachable_server():

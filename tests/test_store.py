@@ -1,6 +1,8 @@
 """The session store's semantics on a fake clock: expiry, limits, soonest-expiry eviction."""
 
 
+import sys
+
 import pytest
 from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
@@ -147,3 +149,26 @@ def test_against_a_model(ops, limit):
         else:
             assert s.have(sid) == (sid in model)
         assert len(s) <= limit
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="tracemalloc counts CPython's heap")
+def test_a_stored_session_costs_at_most_160_bytes_beyond_its_id_and_data(clock):
+    import tracemalloc
+    s = SessionStore(clock, max_sessions=100000)
+    for i in range(2000):
+        s.add(b"warm-%027d" % i, b"w" * 200, 3600000)
+    ids = [b"mem-%028d" % i for i in range(20000)]
+    data = [(b"%08d" % i) * 25 for i in range(20000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for sid, blob in zip(ids, data):
+            assert s.add(sid, blob, 3600000) == wire.OK
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # The test's own id and data objects exist before and after; what the store adds is
+    # its record (which holds a copy of both) plus its share of the dict and the heap.
+    per_session = grown / len(ids) - (32 + 200)
+    assert per_session <= 160, per_session
+    assert s.get(ids[123]) == data[123]

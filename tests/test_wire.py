@@ -201,3 +201,44 @@ def test_receive_returns_messages_and_the_fault_beside_them():
     assert wire.Decoder().receive(good) == ([wire.Message(False, 5, wire.OP_HAVE, b"id")], None)
     messages, error = wire.Decoder().receive(good + header(op=9))
     assert [m.uid for m in messages] == [5] and isinstance(error, wire.ProtocolError)
+
+
+def test_each_protocol_error_has_its_own_messages():
+    first = wire.ProtocolError("one")
+    first.messages.append(wire.Message(False, 1, wire.OP_GET, b"x"))
+    assert wire.ProtocolError("two").messages == []
+    assert wire.ProtocolError("three", [first.messages[0]]).messages == first.messages
+
+
+def test_a_failed_decoder_refuses_more_input():
+    good = wire.encode_request(5, wire.OP_HAVE, b"id")
+    decoder = wire.Decoder()
+    assert decoder.failed is None
+    with pytest.raises(wire.ProtocolError) as info:
+        decoder.feed(good + header(op=9) + good)
+    assert decoder.failed is info.value
+    assert decoder.buffered == 0 and decoder.idle
+    with pytest.raises(wire.ProtocolError, match="after a fault") as later:
+        decoder.feed(good)
+    assert later.value.messages == []
+    assert decoder.failed is info.value
+
+
+def test_receive_after_a_fault_discards_the_input_quietly():
+    good = wire.encode_request(5, wire.OP_HAVE, b"id")
+    decoder = wire.Decoder()
+    messages, error = decoder.receive(good + b"\x00\x12\x00\x00")
+    assert len(messages) == 1 and error is decoder.failed is not None
+    assert decoder.receive(good) == ([], None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(min_size=1, max_size=300))
+def test_after_any_fault_every_feed_raises(garbage, more):
+    decoder = wire.Decoder(expect=None)
+    try:
+        decoder.feed(garbage)
+    except wire.ProtocolError:
+        with pytest.raises(wire.ProtocolError):
+            decoder.feed(more)
+        assert decoder.receive(more) == ([], None)

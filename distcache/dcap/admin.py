@@ -7,17 +7,22 @@ in the root by ``dcap-admin tape``, the same one the door loads.
 
 import argparse
 import os
+import shutil
 import stat
 import sys
-import zlib
 
 from twisted.internet import defer, task
 
+from distcache import __version__
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, BadName, DcapError, check_name
-from distcache.dcap.pool import BLOCK, open_pool
-
-DEFAULT_ROOT = os.path.join("var", "dcap")
+from distcache.dcap.checksum import BLOCK_SIZE
+from distcache.dcap.errors import (
+    RC_DIR_EXISTS, RC_FILE_NOT_FOUND, RC_INVALID_ARGS, RC_NOT_DIRECTORY, BadName, DcapError,
+)
+from distcache.dcap.names import check_name
+from distcache.dcap.namespace import ROOT
+from distcache.dcap.pool import open_pool
+from distcache.dcap.stateroot import ENV as ROOT_ENV, NoStateDirectory, existing_root
 
 
 def _mode(text):
@@ -47,8 +52,10 @@ def build_parser():
         prog="dcap-admin",
         description="Manage the namespace, pool and tape of a DCAP door's state directory.",
     )
-    parser.add_argument("--root", default=DEFAULT_ROOT,
-                        help="state directory (default: %(default)s)")
+    parser.add_argument("--root", default=None,
+                        help="the door's state directory (default: $%s, else var/dcap "
+                             "if it exists here)" % ROOT_ENV)
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     parser.add_argument("--no-fsync", action="store_true",
                         help="do not fsync imported data (faster, less durable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -173,17 +180,17 @@ class Admin:
     def import_tree(self, source, dest, owner=None, replace=False):
         """Copy source (a directory or a file) to dest; bad names are skipped."""
         if not os.path.exists(source):
-            raise DcapError(10001, "%s does not exist" % source)
+            raise DcapError(RC_FILE_NOT_FOUND, "%s does not exist" % source)
         if os.path.isfile(source) and not os.path.islink(source):
             self._import_file(source, self._file_target(source, dest), owner, replace)
             return
         if not os.path.isdir(source) or os.path.islink(source):
-            raise DcapError(10015, "%s is not a regular file or directory" % source)
+            raise DcapError(RC_INVALID_ARGS, "%s is not a regular file or directory" % source)
         if not self._exists(dest):
             self.mkdir(dest, parents=True)
         base = self.ns.lookup(dest, ROOT)
         if not base.is_dir:
-            raise DcapError(22, "%s is not a directory" % dest, "ENOTDIR")
+            raise DcapError(RC_NOT_DIRECTORY, "%s is not a directory" % dest, "ENOTDIR")
         top = base.path.rstrip("/")
         for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
             rel = os.path.relpath(dirpath, source)
@@ -234,7 +241,7 @@ class Admin:
             try:
                 self.ns.mkdir(target, ROOT, stat.S_IMODE(st.st_mode))
             except DcapError as e:
-                if e.rc != 20 or not self.ns.lookup(target, ROOT).is_dir:
+                if e.rc != RC_DIR_EXISTS or not self.ns.lookup(target, ROOT).is_dir:
                     raise
             uid, gid = owner or (st.st_uid, st.st_gid)
             self.ns.chown(target, ROOT, uid, st.st_gid if gid is None else gid)
@@ -254,15 +261,9 @@ class Admin:
         upload.ticket.uid = uid
         upload.ticket.gid = st.st_gid if gid is None else gid
         try:
-            adler = 1
             with open(local, "rb") as f:
-                while True:
-                    chunk = f.read(BLOCK)
-                    if not chunk:
-                        break
-                    upload.file.write(chunk)
-                    adler = zlib.adler32(chunk, adler)
-            entry = upload.commit(None, adler)
+                shutil.copyfileobj(f, upload.file, BLOCK_SIZE)
+            entry = upload.commit()
         except (OSError, DcapError) as e:
             upload.abort()
             self.complain(local, e)
@@ -331,7 +332,7 @@ class Admin:
             self.say("tape back end: directory %s" % os.path.abspath(args.directory))
         else:
             if not os.access(args.script, os.X_OK):
-                raise DcapError(10015, "%s is not an executable script" % args.script)
+                raise DcapError(RC_INVALID_ARGS, "%s is not an executable script" % args.script)
             hsm.save_config(self.root, "script", args.script, timeout=args.timeout,
                             retries=args.retries, retry_delay=args.retry_delay,
                             hsm_type=args.hsm_type, instance=args.instance,
@@ -350,7 +351,12 @@ def run(argv, reactor, out=None, err=None):
     except SystemExit as e:
         return e.code
     try:
-        admin = Admin(args.root, reactor, out, err, fsync=not args.no_fsync)
+        root = existing_root(args.root)
+    except NoStateDirectory as e:
+        err.write("dcap-admin: %s\n" % e)
+        return 2
+    try:
+        admin = Admin(root, reactor, out, err, fsync=not args.no_fsync)
     except (OSError, ValueError) as e:
         err.write("dcap-admin: %s\n" % e)
         return 1

@@ -10,8 +10,7 @@ only"; without one, "lost or pool down".
 
 import os
 
-# The reply dccp understands: rc 4 makes it print the message and exit 255.
-NOT_CACHED_RC = 4
+# dccp prints this with rc 4 (errors.RC_NOT_CACHED) and exits 255.
 NOT_CACHED_MESSAGE = "File is not cached"
 
 

@@ -24,21 +24,18 @@ from twisted.protocols.basic import LineOnlyReceiver
 from distcache.dcap import control
 from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorpolicy import DoorPolicy
+from distcache.dcap.errors import (
+    RC_BAD_COMMAND, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
+    RC_TIMEOUT, DcapError, TransferError,
+)
 from distcache.dcap.portrange import PortRangeExhausted
 from distcache.dcap.mover import (
-    DataChannel, PassiveMoverFactory, Transfer, TransferError,
+    DataChannel, PassiveMoverFactory, Transfer,
     connect_to_client, new_challenge,
 )
-from distcache.dcap.namespace import (
-    RC_NOT_CACHED, RC_NOT_REGULAR, Access, DcapError, Subject, listing_text,
-)
+from distcache.dcap.namespace import Access, Subject, listing_text
 
 log = Logger()
-
-RC_INTERNAL = 5
-RC_BAD_COMMAND = 669
-RC_TIMEOUT = 112
-RC_BAD_PATH = 10015
 
 
 @dataclass
@@ -164,7 +161,7 @@ class DoorProtocol(LineOnlyReceiver):
             self._fail(r, e.rc, e.message, e.posix)
             return
         except BadURL as e:
-            self._fail(r, RC_BAD_PATH, "Invalid path: %s" % (e,), "EINVAL")
+            self._fail(r, RC_INVALID_ARGS, "Invalid path: %s" % (e,), "EINVAL")
             return
         if isinstance(result, defer.Deferred):
             # a store that answers later: keep the id taken until it has
@@ -252,7 +249,7 @@ class DoorProtocol(LineOnlyReceiver):
     def do_chmod(self, r: Request):
         mode = control.decode_mode(r.option("mode"), -1)
         if mode < 0:
-            raise DcapError(RC_BAD_PATH, "chmod needs -mode", "EINVAL")
+            raise DcapError(RC_INVALID_ARGS, "chmod needs -mode", "EINVAL")
         return self._ok_after(
             self.factory.namespace.chmod(self.path(r), self.subject(r), mode & 0o7777), r)
 
@@ -263,7 +260,7 @@ class DoorProtocol(LineOnlyReceiver):
             uid = int(uid_text)
             gid = int(gid_text) if gid_text else None
         except ValueError:
-            raise DcapError(RC_BAD_PATH, "chown needs -owner=UID[:GID]", "EINVAL") from None
+            raise DcapError(RC_INVALID_ARGS, "chown needs -owner=UID[:GID]", "EINVAL") from None
         return self._ok_after(
             self.factory.namespace.chown(self.path(r), self.subject(r), uid, gid), r)
 
@@ -271,7 +268,7 @@ class DoorProtocol(LineOnlyReceiver):
         try:
             gid = int(r.option("group") or "")
         except ValueError:
-            raise DcapError(RC_BAD_PATH, "chgrp needs -group=GID", "EINVAL") from None
+            raise DcapError(RC_INVALID_ARGS, "chgrp needs -group=GID", "EINVAL") from None
         return self._ok_after(self.factory.namespace.chgrp(self.path(r), self.subject(r), gid), r)
 
     def do_rename(self, r: Request):
@@ -316,7 +313,7 @@ class DoorProtocol(LineOnlyReceiver):
     def do_open(self, r: Request):
         path = self.path(r)
         if len(r.args) < 2 or r.args[1] not in ("r", "w", "rw"):
-            raise DcapError(RC_BAD_PATH, "open needs a mode of r, w or rw", "EINVAL")
+            raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
         mode = r.args[1]
         subject = self.subject(r)
         pool = self.factory.pool
@@ -439,7 +436,7 @@ class DoorProtocol(LineOnlyReceiver):
         try:
             port = int(r.args[3])
         except (IndexError, ValueError):
-            transfer.finish(TransferError(RC_BAD_PATH, "open needs a callback port", "EINVAL"))
+            transfer.finish(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
             return
         if not _is_ip(host):
             host = self.peer.host

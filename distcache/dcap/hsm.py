@@ -29,7 +29,8 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from distcache.dcap.namespace import (
+from distcache.dcap.checksum import BLOCK_SIZE
+from distcache.dcap.errors import (
     RC_BROKEN_ON_TAPE,
     RC_DISK_IO,
     RC_HSM_DELAY,
@@ -168,7 +169,7 @@ def _copy_file(src, dst):
     """Copy src to dst through a temporary name, so dst is never half there."""
     temp = dst + ".part"
     with open(src, "rb") as fin, open(temp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
+        shutil.copyfileobj(fin, fout, BLOCK_SIZE)
         fout.flush()
         os.fsync(fout.fileno())
     os.rename(temp, dst)

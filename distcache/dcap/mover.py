@@ -30,30 +30,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from distcache.dcap import mover_codec as mc
+from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_of
+from distcache.dcap.errors import RC_DISK_IO, RC_INVALID_ARGS, TransferError
 
 log = Logger()
 
-#: Bytes per DATA block sent to the client.
-BLOCK_SIZE = 1 << 20
 #: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
 #: fewer trips through the reactor for a write's DATA blocks.
 RECEIVE_SIZE = 256 * 1024
-
-RC_IO = 204
-RC_ILLEGAL = 10015
 
 
 def new_challenge() -> str:
     """An unguessable, single-use token for one server-passive connection."""
     return secrets.token_urlsafe(36)
-
-
-class TransferError(Exception):
-    """A transfer failed; carries the rc and message the door reports."""
-
-    def __init__(self, rc: int, message: str, posix: Optional[str] = None):
-        super().__init__(rc, message, posix)
-        self.rc, self.message, self.posix = rc, message, posix
 
 
 class Transfer:
@@ -82,7 +71,7 @@ class Transfer:
         self.block_size = BLOCK_SIZE
         self.watch = None
         # running adler32, valid while the file is written front to back
-        self._adler: Optional[int] = 1 if size == 0 else None
+        self._adler: Optional[int] = ADLER32_START if size == 0 else None
         self._fpos = -1
         self._done = False
 
@@ -127,15 +116,16 @@ class Transfer:
         self.upload.file.flush()
         adler = self._adler
         if adler is None:
-            adler = _adler_of(self.upload.file)
+            self.upload.file.seek(0)
+            adler = adler32_of(self.upload.file)
         if client_adler32 is not None and client_adler32 != adler:
             self.upload.abort()
-            raise TransferError(RC_IO, "Checksum mismatch: client 0x%08x, pool 0x%08x"
+            raise TransferError(RC_DISK_IO, "Checksum mismatch: client 0x%08x, pool 0x%08x"
                                 % (client_adler32, adler), "EIO")
         try:
             self.upload.commit(size=self.size, adler32=adler)
         except Exception as e:
-            raise TransferError(getattr(e, "rc", RC_IO), getattr(e, "message", str(e)),
+            raise TransferError(getattr(e, "rc", RC_DISK_IO), getattr(e, "message", str(e)),
                                 getattr(e, "posix", "EIO"))
 
     def abort(self) -> None:
@@ -161,17 +151,7 @@ class Transfer:
         """End the transfer from the door's side (client gone, timeout)."""
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.abortConnection()
-        self.finish(TransferError(RC_IO, reason, "EIO"))
-
-
-def _adler_of(f) -> int:
-    f.seek(0)
-    value = 1
-    while True:
-        chunk = f.read(BLOCK_SIZE)
-        if not chunk:
-            return value
-        value = zlib.adler32(chunk, value)
+        self.finish(TransferError(RC_DISK_IO, reason, "EIO"))
 
 
 @implementer(IPushProducer)
@@ -213,7 +193,7 @@ class _ReadStream:
             try:
                 data = transfer.read_at(offset, min(count, transfer.block_size))
             except OSError as e:
-                self._end(TransferError(RC_IO, "read failed: %s" % (e.strerror or e,)))
+                self._end(TransferError(RC_DISK_IO, "read failed: %s" % (e.strerror or e,)))
                 return
             if not data:
                 self.ranges.pop(0)
@@ -418,7 +398,7 @@ class DataChannel(Protocol):
         log.warn("data channel protocol error from {peer}: {reason}", peer=peer, reason=reason)
         self._closed = True
         if self.transfer is not None:
-            self.transfer.finish(TransferError(RC_IO, "data channel protocol error: " + reason, "EIO"))
+            self.transfer.finish(TransferError(RC_DISK_IO, "data channel protocol error: " + reason, "EIO"))
         self.transport.abortConnection()
 
     def _handle(self, event) -> None:
@@ -443,7 +423,7 @@ class DataChannel(Protocol):
                     transfer.position += len(event.data)
                     transfer.bytes_in += len(event.data)
                 except OSError as e:
-                    self._write_error = TransferError(RC_IO, "write failed: %s" % (e.strerror or e,), "EIO")
+                    self._write_error = TransferError(RC_DISK_IO, "write failed: %s" % (e.strerror or e,), "EIO")
             return
         if isinstance(event, mc.DataEnd):
             if self._write_error is None:
@@ -464,13 +444,13 @@ class DataChannel(Protocol):
         elif isinstance(event, mc.ReadV):
             ranges = [(o, n) for o, n in event.ranges]
             if any(o < 0 or n < 0 for o, n in ranges):
-                t.write(mc.ack_error(mc.READV, RC_ILLEGAL, "negative offset or length"))
+                t.write(mc.ack_error(mc.READV, RC_INVALID_ARGS, "negative offset or length"))
                 return
             self._stream(mc.READV, ranges)
         elif isinstance(event, (mc.Write, mc.SeekAndWrite)):
             cmd = mc.WRITE if isinstance(event, mc.Write) else mc.SEEK_AND_WRITE
             if not transfer.writable:
-                t.write(mc.ack_error(cmd, RC_ILLEGAL, "file is open for reading only"))
+                t.write(mc.ack_error(cmd, RC_INVALID_ARGS, "file is open for reading only"))
                 return
             if cmd == mc.SEEK_AND_WRITE:
                 pos = self._seek(event.offset, event.whence, cmd)
@@ -484,20 +464,20 @@ class DataChannel(Protocol):
         elif isinstance(event, mc.Close):
             self._close(event.adler32)
         else:
-            t.write(mc.ack_error(event.code, RC_ILLEGAL, "request %d not supported" % (event.code,)))
+            t.write(mc.ack_error(event.code, RC_INVALID_ARGS, "request %d not supported" % (event.code,)))
 
     def _seek(self, offset: int, whence: int, cmd: int) -> Optional[int]:
         transfer = self.transfer
         base = {mc.SEEK_SET: 0, mc.SEEK_CUR: transfer.position, mc.SEEK_END: transfer.size}.get(whence)
         if base is None or base + offset < 0:
-            self.transport.write(mc.ack_error(cmd, RC_ILLEGAL, "invalid seek"))
+            self.transport.write(mc.ack_error(cmd, RC_INVALID_ARGS, "invalid seek"))
             return None
         transfer.position = base + offset
         return transfer.position
 
     def _read(self, cmd: int, offset: int, count: int) -> None:
         if count < 0:
-            self.transport.write(mc.ack_error(cmd, RC_ILLEGAL, "negative read size"))
+            self.transport.write(mc.ack_error(cmd, RC_INVALID_ARGS, "negative read size"))
             return
         count = max(0, min(count, self.transfer.size - offset))
         self._stream(cmd, [(offset, count)])
@@ -543,7 +523,7 @@ class DataChannel(Protocol):
             if self.transfer.writable:
                 log.warn("data connection of session {sid} ({label}) lost before CLOSE: write discarded",
                          sid=self.transfer.sid, label=self.transfer.label)
-            self.transfer.finish(TransferError(RC_IO, "data connection lost before CLOSE", "EIO"))
+            self.transfer.finish(TransferError(RC_DISK_IO, "data connection lost before CLOSE", "EIO"))
 
 
 # ---------------------------------------------------------------- hooks

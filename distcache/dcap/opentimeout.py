@@ -27,7 +27,6 @@ from twisted.logger import Logger
 
 log = Logger()
 
-TIMEOUT_RC = 112
 TIMEOUT_MESSAGE = "User timeout canceled session"
 
 

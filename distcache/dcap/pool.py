@@ -12,38 +12,26 @@ file share a single recall.
 
 import os
 import secrets
-import zlib
+import shutil
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from distcache.dcap.namespace import (
+from distcache.dcap.checksum import BLOCK_SIZE, adler32_of_file
+from distcache.dcap.errors import (
     RC_DISK_IO,
     RC_NOT_CACHED,
+    RC_NOT_FILE,
+    RC_NOT_ONLINE,
     RC_NOT_REGULAR,
     DcapError,
     NotCached,
     StageFailed,
-    open_namespace,
 )
+from distcache.dcap.sqlite_namespace import open_namespace
 
 log = Logger()
-
-BLOCK = 1 << 20
-RC_NOT_ONLINE = 10019
-
-
-def adler32_of_file(path, block=BLOCK):
-    """The adler32 of a file's bytes, read in blocks."""
-    value = 1
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(block)
-            if not chunk:
-                return value
-            value = zlib.adler32(chunk, value)
-
 
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -198,7 +186,7 @@ class Pool:
     def open_read(self, entry):
         """A binary file object on the disk copy (NotCached rc 4 without one)."""
         if not entry.is_file:
-            raise DcapError(1, "Not a File")
+            raise DcapError(RC_NOT_FILE, "Not a File")
         try:
             return open(self.data_path(entry), "rb")
         except FileNotFoundError:
@@ -219,11 +207,7 @@ class Pool:
             if not self.is_cached(ticket.old):
                 raise NotCached(RC_NOT_CACHED, "File is not cached")
             with open(self.data_path(ticket.old), "rb") as src, open(temp, "xb") as dst:
-                while True:
-                    chunk = src.read(BLOCK)
-                    if not chunk:
-                        break
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst, BLOCK_SIZE)
             f = open(temp, "r+b")
         else:
             f = open(temp, "x+b")
@@ -434,4 +418,4 @@ def open_pool(root, hsm=None, name="pool1", fsync=True):
     return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync)
 
 
-__all__ = ["Pool", "Upload", "adler32_of_file", "open_pool"]
+__all__ = ["Pool", "Upload", "open_pool"]

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from twisted.internet import task
 
 from distcache.dcap.admin import Admin
-from distcache.dcap.namespace import BadName, check_name
+from distcache.dcap.errors import BadName
+from distcache.dcap.names import check_name
 
 local_names = st.text(
     alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),

@@ -6,8 +6,10 @@ import pytest
 from twisted.internet import task
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, DcapError, NotCached, StageFailed
+from distcache.dcap.errors import DcapError, NotCached, StageFailed
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
+from replies import failed_args
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def test_stage_of_a_cached_file_is_immediate(pool, clock):
 def test_stage_of_a_directory_is_einval(pool):
     root = pool.namespace.lookup("/", ROOT)
     err = result_of(pool.stage(root))[0].value
-    assert err.reply_args() == '10014 "path is not a regular file" EINVAL'
+    assert failed_args(err) == '10014 "path is not a regular file" EINVAL'
 
 
 def test_stage_fails_clearly_when_the_tape_copy_is_gone(pool, clock, tmp_path):

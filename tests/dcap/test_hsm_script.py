@@ -10,8 +10,10 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, StageFailed
+from distcache.dcap.errors import StageFailed
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
+from polling import poll_until
 
 # A tape in a directory, driven the dCache way: it logs its arguments,
 # prints the URI on put and copies the file back on get.
@@ -82,11 +84,7 @@ def test_put_get_remove_with_dcache_arguments(tmp_path, env):
     with pool.open_read(staged) as f:
         assert f.read() == b"to tape and back"
     pool.unlink("/f", ROOT)
-    for _ in range(100):
-        if not (tape_dir / entry.pnfsid).exists():
-            break
-        yield _tick()
-    assert not (tape_dir / entry.pnfsid).exists()
+    yield poll_until(lambda: not (tape_dir / entry.pnfsid).exists(), timeout=5)
     calls = log.read_text().splitlines()
     si = ("size=16;new=true;stored=false;sClass=dcap:default;cClass=-;hsm=osm;"
           "store=dcap;group=default;")
@@ -110,12 +108,6 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def _tick():
-    from twisted.internet import task
-
-    return task.deferLater(reactor, 0.02, lambda: None)
 
 
 @pytest_twisted.inlineCallbacks
@@ -219,11 +211,9 @@ def test_hanging_script_is_killed_with_its_children(tmp_path, env):
     assert time.monotonic() - started < 10
     assert "timed out" in e.value.message
     sleeper = int(log.read_text().split()[0])
-    for _ in range(50):
-        if not _alive(sleeper):
-            break
-        yield _tick()
-    else:
+    try:
+        yield poll_until(lambda: not _alive(sleeper), timeout=5)
+    except TimeoutError:
         pytest.fail("the script's child survived the timeout")
     pool.namespace.close()
 

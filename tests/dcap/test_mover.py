@@ -8,8 +8,10 @@ import pytest
 from twisted.internet.testing import StringTransport
 
 from distcache.dcap import mover_codec as mc
-from distcache.dcap.mover import BLOCK_SIZE, DataChannel, PassiveMoverFactory, Transfer
-from distcache.dcap.namespace import NotFound, ROOT
+from distcache.dcap.checksum import BLOCK_SIZE
+from distcache.dcap.mover import DataChannel, PassiveMoverFactory, Transfer
+from distcache.dcap.errors import NotFound
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
 

@@ -2,19 +2,11 @@
 
 import pytest
 
-from distcache.dcap.namespace import (
-    ROOT,
-    Access,
-    BadName,
-    DcapError,
-    Denied,
-    INamespace,
-    SQLiteNamespace,
-    Subject,
-    listing_text,
-    open_namespace,
-    pnfsid_of,
-)
+from distcache.dcap.errors import BadName, DcapError, Denied
+from distcache.dcap.names import pnfsid_of
+from distcache.dcap.namespace import ROOT, Access, INamespace, Subject, listing_text
+from distcache.dcap.sqlite_namespace import SQLiteNamespace, open_namespace
+from replies import failed_args
 
 ALICE = Subject(1000, 100)
 BOB = Subject(2000, 200)
@@ -28,7 +20,7 @@ def ns(tmp_path):
 
 
 def reply(exc_info):
-    return exc_info.value.reply_args()
+    return failed_args(exc_info.value)
 
 
 def make_file(ns, path, subject=ROOT, mode=0o644, size=0):

@@ -2,7 +2,9 @@
 
 import multiprocessing
 
-from distcache.dcap.namespace import ROOT, DcapError, open_namespace
+from distcache.dcap.errors import DcapError
+from distcache.dcap.namespace import ROOT
+from distcache.dcap.sqlite_namespace import open_namespace
 
 
 def _worker(root, tag, count, results):

@@ -4,15 +4,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distcache.dcap.namespace import (
-    ROOT,
-    BadName,
-    DcapError,
-    check_name,
-    listing_text,
-    open_namespace,
-    split_path,
-)
+from distcache.dcap.errors import BadName, DcapError
+from distcache.dcap.names import check_name, split_path
+from distcache.dcap.namespace import ROOT, listing_text
+from distcache.dcap.sqlite_namespace import open_namespace
+from replies import failed_args
 
 segments = st.one_of(
     st.sampled_from(["..", ".", "", "%2e%2e", "a:b", "x\x00y", "\u00e9t\u00e9", "a\nb",
@@ -70,7 +66,7 @@ def test_random_paths_create_only_readable_names(tmp_path, path):
                     ns.prepare_write(path, ROOT, replace=True)
             except DcapError as e:
                 assert isinstance(e.rc, int)
-                e.reply_args().encode("ascii")
+                failed_args(e).encode("ascii")
         for entry in ns.walk("/"):
             if entry.path == "/":
                 continue

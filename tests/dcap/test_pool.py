@@ -5,8 +5,11 @@ import zlib
 
 import pytest
 
-from distcache.dcap.namespace import ROOT, DcapError, NotCached, Subject
-from distcache.dcap.pool import Pool, adler32_of_file, open_pool
+from distcache.dcap.errors import DcapError, NotCached
+from distcache.dcap.namespace import ROOT, Subject
+from distcache.dcap.checksum import adler32_of_file
+from distcache.dcap.pool import Pool, open_pool
+from replies import failed_args
 
 
 @pytest.fixture
@@ -78,7 +81,7 @@ def test_existing_file_without_replace_is_readonly(pool):
     write(pool, "/pnfs/f", b"x")
     with pytest.raises(DcapError) as e:
         pool.open_write("/pnfs/f", ROOT)
-    assert e.value.reply_args() == '1 "File is readOnly"'
+    assert failed_args(e.value) == '1 "File is readOnly"'
 
 
 def test_size_mismatch_fails_and_discards(pool):
@@ -130,7 +133,7 @@ def test_unlink_removes_data(pool):
     assert not os.path.exists(pool.data_path(entry))
     with pytest.raises(DcapError) as e:
         pool.unlink("/pnfs", ROOT)
-    assert e.value.reply_args() == '17 "Path is a Directory" EISDIR'
+    assert failed_args(e.value) == '17 "Path is a Directory" EISDIR'
 
 
 def test_is_cached_checks_the_real_disk_copy(pool):

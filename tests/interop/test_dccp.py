@@ -6,7 +6,8 @@ import zlib
 
 import pytest
 
-from distcache.dcap.namespace import NotFound, ROOT
+from distcache.dcap.errors import NotFound
+from distcache.dcap.namespace import ROOT
 
 from interop_support import dccp
 

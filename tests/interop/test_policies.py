@@ -17,10 +17,12 @@ import pytest
 from twisted.internet.task import Clock
 
 from distcache.dcap import hsm
-from distcache.dcap.namespace import ROOT, Exists
+from distcache.dcap.errors import Exists
+from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
 from interop_support import Door, dccp
+from polling import wait_until
 from rawclient import ControlClient
 
 STAGE_DELAY = 3.0
@@ -102,6 +104,18 @@ def read_via_dccp(door, path, dest, *flags):
     rc, out = dccp(*flags, door.url(path), dest, timeout=60)
     return rc, out
 
+
+
+def dccp_until_ok(*args, timeout=10, interval=0.1):
+    """Run dccp until it succeeds or timeout passes: its last (rc, output)."""
+    last = []
+
+    def succeeded():
+        last[:] = [dccp(*args, timeout=30)]
+        return last[0][0] == 0
+
+    wait_until(succeeded, timeout=timeout, interval=interval)
+    return last[0]
 
 # -- openTimeout precedence, with a file staged from tape -------------------
 
@@ -306,12 +320,7 @@ def test_stage_answers_at_once_and_check_follows(running, tmp_path):
     assert time.monotonic() - started < STAGE_DELAY - 1
     rc, out = dccp("-P", "-t", "-1", door.url("/c/tape"), timeout=30)
     assert rc == 255 and "not cached" in out, out
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rc, out = dccp("-P", "-t", "-1", door.url("/c/tape"), timeout=30)
-        if rc == 0:
-            break
-        time.sleep(0.2)
+    rc, out = dccp_until_ok("-P", "-t", "-1", door.url("/c/tape"), interval=0.2)
     assert rc == 0, out
 
 
@@ -341,12 +350,7 @@ def test_passive_ports_stay_in_range_and_exhaustion_fails_clearly(running, tmp_p
     assert "no free data port in the passive port range %d:%d" % (port, port) in out
     # Its mover ends with its control connection, and the port comes back.
     waiting.close()
-    deadline = time.monotonic() + 10
-    while True:
-        rc, out = dccp("-A", door.url("/disk/b"), tmp_path / "third", timeout=30)
-        if rc == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    rc, out = dccp_until_ok("-A", door.url("/disk/b"), tmp_path / "third", interval=0.1)
     assert rc == 0, out
     assert (tmp_path / "third").read_bytes() == DATA
 

@@ -7,9 +7,11 @@ import time
 import zlib
 
 from distcache.dcap import mover_codec as mc
-from distcache.dcap.namespace import NotFound, ROOT
+from distcache.dcap.errors import NotFound
+from distcache.dcap.namespace import ROOT
 
 from rawclient import ControlClient, DataClient
+from polling import wait_until
 
 
 def _gone(door, path):
@@ -25,15 +27,6 @@ def _closed_by_peer(sock):
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-
-
-def _wait_for(predicate, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_close_with_a_wrong_adler32_fails_and_stores_nothing(door):
@@ -83,7 +76,7 @@ def test_control_eof_discards_a_partial_write_and_keeps_the_old_version(door):
     assert _closed_by_peer(d.sock)
     assert door.read("/eof/file") == b"the earlier version"
     incoming = os.path.join(door.root, "pool", "incoming")
-    assert _wait_for(lambda: os.listdir(incoming) == [])
+    assert wait_until(lambda: os.listdir(incoming) == [], timeout=5.0)
 
 
 def test_wrong_challenge_or_session_is_closed_and_logged(door):

@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Per-operation costs: dc_server and dc_client beside the floor of their reactor and runtime.
+
+For each server runtime (CPython, and PyPy with ``--pypy``), three servers are started on
+unix sockets, one after another:
+
+- ``bare``: a Twisted server with no distcache code at all, which answers every request
+  (all requests are the same size) with the right reply bytes: the floor of the reactor
+  and the runtime;
+- ``dc_server``: ours;
+- ``dc_client``: ours, in front of that dc_server (two hops).
+
+and each is driven by raw-socket load processes for three loads:
+
+- ``conn/op``: a new connection per operation (how mod_socache_dc and most C users call
+  dc_client), several processes at once;
+- ``1 in flight``: one persistent connection, one request at a time (latency bound);
+- ``32 in flight``: pipelined, 32 requests in flight on each of several connections.
+
+Every reply is compared with the expected bytes.  The table gives ops/s, p50 and p99
+latency, and ratios measured within the same run (the machine's cores are shared, so
+absolute figures swing between runs; ratios are what to compare).  At the end it measures
+what one stored session costs in dc_server's memory beyond its id and data (RSS growth
+over 50,000 sessions of 200 bytes).
+
+    python3 bench/per_op_bench.py [--seconds S] [--pypy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distcache import wire  # noqa: E402
+
+TWISTD = "from twisted.scripts.twistd import run; run()"
+SESSION_ID = b"per-op-bench-session-0001"
+SESSION_DATA = bytes(range(256)) * 2  # 512 bytes, a typical DER session
+REQUEST = wire.encode_request(1, wire.OP_GET, SESSION_ID)
+REPLY = wire.encode_response(1, wire.OP_GET, SESSION_DATA)
+
+BARE_SERVER = r'''
+import sys
+from twisted.internet import reactor, protocol
+request_size, reply = int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+
+class Bare(protocol.Protocol):
+    buffered = 0
+    def dataReceived(self, data):
+        total = self.buffered + len(data)
+        count, self.buffered = divmod(total, request_size)
+        if count:
+            self.transport.write(reply * count)
+
+factory = protocol.Factory.forProtocol(Bare)
+factory.noisy = False
+reactor.listenUNIX(sys.argv[1], factory, backlog=4096)
+reactor.run()
+'''
+
+
+def child_env() -> Dict[str, str]:
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + extra))
+
+
+def wait_for_socket(path: str, process: subprocess.Popen, deadline: float = 30.0) -> None:
+    stop = time.monotonic() + deadline
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"server for {path} exited with {process.returncode}")
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            if time.monotonic() > stop:
+                raise SystemExit(f"{path} did not come up")
+            time.sleep(0.05)
+        finally:
+            probe.close()
+
+
+def exchange(sock: socket.socket, request: bytes, reply_size: int) -> bytes:
+    sock.sendall(request)
+    got = bytearray()
+    while len(got) < reply_size:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("the server closed the connection")
+        got += chunk
+    return bytes(got)
+
+
+def store_session(path: str) -> None:
+    """Put the benchmark's one session in (through whatever listens on ``path``)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.settimeout(10)
+        add = wire.encode_request(1, wire.OP_ADD, wire.encode_add_payload(
+            SESSION_ID, SESSION_DATA, 3600000))
+        reply = exchange(s, add, len(wire.encode_response(1, wire.OP_ADD, b"\x00")))
+        if reply[-1:] not in (b"\x00", b"\x65"):
+            raise SystemExit(f"storing the benchmark session failed: {reply!r}")
+        if exchange(s, REQUEST, len(REPLY)) != REPLY:
+            raise SystemExit("the server does not return the stored session")
+
+
+# Load workers (plain CPython processes, cheaper per request than the servers) ----------
+
+def _conn_per_op(path, seconds, out):
+    latencies, deadline = [], time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        if start > deadline:
+            break
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            if exchange(s, REQUEST, len(REPLY)) != REPLY:
+                raise SystemExit("wrong reply")
+        latencies.append(time.perf_counter() - start)
+    out.put(latencies)
+
+
+def _in_flight(path, seconds, depth, connections, out):
+    socks = []
+    for _ in range(connections):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        socks.append(s)
+    batch, expected = REQUEST * depth, REPLY * depth
+    latencies, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for s in socks:
+            s.sendall(batch)
+        for s in socks:
+            got = bytearray()
+            while len(got) < len(expected):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    raise SystemExit("the server closed the connection")
+                got += chunk
+            if got != expected:
+                raise SystemExit("wrong reply")
+        took = time.perf_counter() - start
+        latencies.extend([took] * (depth * connections))
+    for s in socks:
+        s.close()
+    out.put(latencies)
+
+
+LOADS = {
+    "conn/op": dict(processes=4, target=_conn_per_op, args=()),
+    "1 in flight": dict(processes=1, target=_in_flight, args=(1, 1)),
+    "32 in flight": dict(processes=2, target=_in_flight, args=(32, 2)),
+}
+
+
+def run_load(path: str, load: str, seconds: float) -> Tuple[float, float, float]:
+    """(ops/s, p50 µs, p99 µs) of one load against ``path``."""
+    spec = LOADS[load]
+    out = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=spec["target"], args=(path, seconds, *spec["args"], out))
+             for _ in range(spec["processes"])]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    latencies: List[float] = []
+    for _ in procs:
+        latencies += out.get(timeout=seconds + 120)
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join(10)
+        if p.exitcode:
+            raise SystemExit(f"a {load} worker failed against {path}")
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
+    return len(latencies) / elapsed, pick(0.50), pick(0.99)
+
+
+# Servers ------------------------------------------------------------------------------
+
+class Servers:
+    """The three servers of one runtime, started one at a time in a private directory."""
+
+    def __init__(self, python: str):
+        self.python = python
+        self.dir = tempfile.mkdtemp(prefix="perop-", dir="/tmp")
+        self.procs: List[subprocess.Popen] = []
+
+    def _start(self, args: List[str], path: str) -> subprocess.Popen:
+        proc = subprocess.Popen([self.python, *args], env=child_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        wait_for_socket(path, proc)
+        return proc
+
+    def bare(self) -> str:
+        path = os.path.join(self.dir, "bare")
+        self._start(["-c", BARE_SERVER, path, str(len(REQUEST)), REPLY.hex()], path)
+        return path
+
+    def dc_server(self) -> str:
+        path = os.path.join(self.dir, "server")
+        self._start(["-c", TWISTD, "--nodaemon", "--pidfile=", "--logfile=/dev/null",
+                     "dc_server", "--listen", f"UNIX:{path}", "--sessions", "100000"], path)
+        store_session(path)
+        return path
+
+    def dc_client(self, server: str) -> str:
+        path = os.path.join(self.dir, "client")
+        self._start(["-c", TWISTD, "--nodaemon", "--pidfile=", "--logfile=/dev/null",
+                     "dc_client", "--listen", f"UNIX:{path}", "--server", f"UNIX:{server}",
+                     "--retry", "200"], path)
+        deadline = time.monotonic() + 15
+        while True:  # dc_client answers empty until its server link is up
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                s.sendall(REQUEST)
+                got = s.recv(65536)
+            if got.startswith(REPLY[:len(got)]) and len(got) > 14:
+                return path
+            if time.monotonic() > deadline:
+                raise SystemExit("dc_client never reached its server")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure_runtime(python: str, seconds: float, warmup: float) -> Dict[Tuple[str, str], tuple]:
+    figures = {}
+    servers = Servers(python)
+    try:
+        targets = {"bare": servers.bare()}
+        targets["dc_server"] = servers.dc_server()
+        targets["dc_client"] = servers.dc_client(targets["dc_server"])
+        for load in LOADS:
+            for name, path in targets.items():
+                run_load(path, load, warmup)  # JIT warm-up, connection caches, page faults
+                figures[(name, load)] = run_load(path, load, seconds)
+    finally:
+        servers.stop()
+    return figures
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit("no VmRSS")
+
+
+def session_memory(python: str, count: int = 50000, size: int = 200) -> float:
+    """Bytes of dc_server RSS per stored session beyond its id and data."""
+    servers = Servers(python)
+    try:
+        path = servers.dc_server()
+        pid = servers.procs[-1].pid
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            decoder = wire.Decoder(expect=True)
+            ack = len(wire.encode_response(1, wire.OP_ADD, b"\x00"))
+
+            def add_range(start, stop):
+                reqs = [wire.encode_request(i & 0xFFFFFFFF, wire.OP_ADD, wire.encode_add_payload(
+                    b"mem-%028d" % i, (b"%08d" % i) * (size // 8), 3600000)) for i in range(start, stop)]
+                s.sendall(b"".join(reqs))
+                want, got = (stop - start) * ack, 0
+                while got < want:
+                    got += len(s.recv(1 << 20))
+
+            add_range(0, 2000)          # the store's and the allocator's first growth
+            before = rss_kib(pid)
+            for start in range(2000, 2000 + count, 1000):
+                add_range(start, start + 1000)
+            after = rss_kib(pid)
+            del decoder
+        id_len = len(b"mem-%028d" % 0)
+        return (after - before) * 1024 / count - id_len - size
+    finally:
+        servers.stop()
+
+
+def find_pypy() -> Optional[str]:
+    candidate = ROOT / ".venv-pypy" / "bin" / "python"
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("pypy3")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--pypy", action="store_true",
+                        help="also run the servers on PyPy (.venv-pypy, or pypy3 on PATH)")
+    parser.add_argument("--python", default=sys.executable, help="the CPython for the servers")
+    args = parser.parse_args(argv)
+
+    runtimes = {"CPython": args.python}
+    if args.pypy:
+        pypy = find_pypy()
+        if pypy is None:
+            raise SystemExit("--pypy: no .venv-pypy/bin/python and no pypy3 on PATH")
+        runtimes["PyPy"] = pypy
+    results = {name: measure_runtime(python, args.seconds, args.warmup)
+               for name, python in runtimes.items()}
+
+    for name, figures in results.items():
+        print(f"\n{name} servers ({runtimes[name]})")
+        print(f"{'server':<10} {'load':<13} {'ops/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'/ bare':>7}")
+        for load in LOADS:
+            floor = figures[("bare", load)][0]
+            for server in ("bare", "dc_server", "dc_client"):
+                rate, p50, p99 = figures[(server, load)]
+                print(f"{server:<10} {load:<13} {rate:>9,.0f} {p50:>8,.0f} {p99:>8,.0f} "
+                      f"{rate / floor:>7.2f}")
+        direct = figures[("dc_server", "1 in flight")][1]
+        proxied = figures[("dc_client", "1 in flight")][1]
+        print(f"dc_client p50 with one in flight / direct p50: {proxied / direct:.2f}")
+    if "PyPy" in results:
+        print("\nPyPy / CPython, same load:")
+        for server in ("bare", "dc_server", "dc_client"):
+            cells = [f"{load} {results['PyPy'][(server, load)][0] / results['CPython'][(server, load)][0]:.2f}"
+                     for load in LOADS]
+            print(f"{server:<10} " + "   ".join(cells))
+    print()
+    for name, python in runtimes.items():
+        print(f"{name}: a stored session costs {session_memory(python):,.0f} B of dc_server memory "
+              "beyond its id and data (RSS growth over 50,000 sessions of 200 B)")
+
+
+if __name__ == "__main__":
+    main()

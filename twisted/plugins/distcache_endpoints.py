@@ -1,0 +1,5 @@
+"""The ``mtls:`` server endpoint string (TLS that requires a client certificate)."""
+
+from distcache.mtls import MutualTLSServerParser
+
+mtls = MutualTLSServerParser()
