@@ -186,9 +186,13 @@ class MemcacheProtocol(Protocol):
             self.transport.loseConnection()
 
     def _emit(self, reply, out: List[bytes]) -> None:
-        if not self._queue and not isinstance(reply, defer.Deferred):
-            out.append(reply)
-            return
+        if not self._queue:
+            if not isinstance(reply, defer.Deferred):
+                out.append(reply)
+                return
+            # A Deferred may fire at once and write its reply: what precedes it goes first.
+            self._write(out)
+            out.clear()
         slot = [reply]
         self._queue.append(slot)
         if isinstance(reply, defer.Deferred):

@@ -97,6 +97,12 @@ def test_server_away_reads_miss_and_writes_fail():
     assert b"STAT distcache_upstream_up 0\r\n" in stats
 
 
+def test_answers_made_at_once_while_away_keep_their_order():
+    farm = Farm()
+    assert farm.say(b"version\r\nget k\r\nversion\r\n").split(b"\r\n")[:3] == [
+        b"VERSION 1.6.0-distcache", b"END", b"VERSION 1.6.0-distcache"]
+
+
 def test_requests_in_flight_when_the_server_drops(farm):
     assert farm.say(b"get k\r\nset k 0 0 1\r\na\r\n", pump=False) == b""
     farm.up.connectionLost(type("R", (), {"getErrorMessage": lambda self: "gone"})())
