@@ -12,7 +12,8 @@ from twisted.python import usage
 from distcache import address
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
-from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
+from distcache.dcap.door import DoorFactory, host_port
+from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
@@ -39,6 +40,9 @@ class Options(PolicyOptions):
                                      "(for NAT); default: the address the client reached the door on."],
         ["client-version", None, None, "Accepted client versions, min[:max], e.g. 2.47:2.47.99; "
                                        "other clients are disconnected after hello."],
+        ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
+         "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
+         "clients still connected that it shuts down.", float],
     ]
     optFlags = [
         ["allow-truncate", None, "Let clients overwrite existing files (the client's -truncate)."],
@@ -63,6 +67,8 @@ class Options(PolicyOptions):
                 parse_version_range(self["client-version"])
             except ValueError:
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
+        if self["shutdown-grace"] < 0:
+            raise usage.UsageError("--shutdown-grace must not be negative")
         self["policy"] = policy_from_options(self)
 
 
@@ -76,6 +82,7 @@ def door_config(options) -> DoorConfig:
         connect_host=options["connect-host"],
         client_version_min=low,
         client_version_max=high,
+        shutdown_grace=float(options["shutdown-grace"]),
     )
 
 
@@ -117,19 +124,33 @@ class DoorService(ConfiguredService):
     def startService(self):
         super().startService()
         self.factory.policy.start()
-        log.info("DCAP door listening on {address}, root {root}", address=self.port.getHost(),
+        log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
                  root=os.path.abspath(self.root))
 
     def stopService(self):
+        """Stop gently: listeners first, then sessions (within the grace), then storage.
+
+        The namespace closes only once every control connection is gone, so
+        a session still running during the grace can still stat and commit.
+        """
+        factory, pool = self.factory, self.pool
         d = super().stopService()
-        if self.factory is not None:
-            self.factory.policy.stop()
-        if self.pool is not None:
-            self.pool.namespace.close()
-        for child in list(self):
-            child.disownServiceParent()
-        self.factory = self.pool = None
-        self.built = False
+        if factory is not None:
+            d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
+
+        def closed(_):
+            if factory is not None:
+                factory.policy.stop()
+            if pool is not None:
+                pool.namespace.close()
+            for child in list(self):
+                child.disownServiceParent()
+            if self.factory is factory:
+                self.factory = self.pool = None
+                self.built = False
+            log.info("DCAP door stopped")
+
+        d.addCallback(closed)
         return d
 
 

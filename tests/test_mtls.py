@@ -18,6 +18,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from cache_support import free_tcp_port, repo_env
+from polling import wait_until
 from tls_support import CA, mtls_listen, tls_connect
 from distcache import client as cache_client
 from distcache.client import CacheError
@@ -180,6 +181,16 @@ def _child(tool, *argv):
         env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _answers(where):
+    """True once ``where`` gives a real answer (dc_client answers empty until linked)."""
+    from distcache.blocking import SessionCache
+    try:
+        SessionCache(where, timeout=2).has(b"are-you-there")
+        return True
+    except CacheError:
+        return False
+
+
 def _dc_test(*argv):
     import io
     from distcache import loadtest
@@ -216,6 +227,7 @@ def test_the_server_leg_of_dc_client_and_dc_snoop_speaks_tls(pki, mtls_server, s
                    "-server", tls_connect(mtls_server.port, pki["ca"], pki["client"]))
     try:
         wait_until_connectable(_socket.AF_UNIX, local)
+        assert wait_until(lambda: _answers(f"UNIX:{local}"), 20), f"{tool} never reached its server"
         status, output = _dc_test("-connect", f"UNIX:{local}", "-sessions", "5", "-ops", "200",
                                   "-timeout", "30")
         assert status == 0, output
@@ -233,6 +245,8 @@ def test_dc_client_and_dc_snoop_listen_with_mtls_too(pki, mtls_server, tool):
         from cache_support import wait_until_connectable
         import socket as _socket
         wait_until_connectable(_socket.AF_INET, ("127.0.0.1", port))
+        good = tls_connect(port, pki["ca"], pki["client"])
+        assert wait_until(lambda: _answers(good), 20), f"{tool} never reached its server"
         status, output = _dc_test("-connect", tls_connect(port, pki["ca"], pki["client"]),
                                   "-sessions", "5", "-ops", "100", "-timeout", "30")
         assert status == 0, output
