@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 from typing import List, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from distcache import address
+from distcache import address, store_redis
 from distcache.configured import ConfiguredService
 from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
                                  parse_perms)
@@ -54,6 +55,9 @@ class Options(SocketOptions):
     optParameters = [
         ["sessions", None, "512", "The most sessions the cache holds."],
         ["progress", None, "0", "Also log the activity line every N operations."],
+        ["store", None, "local", "Where sessions live: 'local' (this process), or shared in "
+         "redis://[:PASSWORD@]HOST:PORT[/DB], rediss://... (TLS) or "
+         "redis+cluster://HOST:PORT[,HOST:PORT...] (see man dc_server)."],
     ]
 
     def __init__(self):
@@ -74,6 +78,11 @@ class Options(SocketOptions):
         self["sessions"] = positive_int("sessions", self["sessions"])
         self["progress"] = positive_int("progress", self["progress"], minimum=0)
         self["ownership"] = self.ownership()
+        if self["store"] != "local":
+            try:
+                store_redis.check(self["store"], self["sessions"])
+            except store_redis.StoreURLError as e:
+                raise usage.UsageError(f"--store {e}")
 
 
 class CacheServerService(ConfiguredService):
@@ -82,28 +91,35 @@ class CacheServerService(ConfiguredService):
     program = "dc_server"
 
     log = Logger()
-    runtime = ("factory",)
+    runtime = ("factory", "session_store")
 
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
-                 reactor=None):
+                 reactor=None, store: str = "local"):
         super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
         self.progress = progress
         self.ownership = ownership
         self.killable = killable
+        self.store = store
         self.factory: Optional[CacheServerFactory] = None
+        self.session_store = None
 
     def build(self, reactor) -> None:
-        store = SessionStore(reactor, self.sessions)
+        if self.store == "local":
+            store = SessionStore(reactor, self.sessions)
+        else:
+            store = store_redis.open_store(self.store, reactor, self.sessions)
+        self.session_store = store
         self.factory = CacheServerFactory(store, self.progress, clock=reactor)
         for addr in self.listen:
             Listener(addr, self.factory, self.ownership, reactor).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
-        self.log.info("dc_server started: {sessions} sessions at most", sessions=self.sessions)
+        self.log.info("dc_server started: {sessions} sessions at most, store {store}",
+                      sessions=self.sessions, store=store_redis.shown(self.store))
         if self.killable:
             self._install_kill_signals()
 
@@ -117,6 +133,16 @@ class CacheServerService(ConfiguredService):
         signal.signal(signal.SIGUSR2, stop)
 
 
+    def stopService(self):
+        stopped = super().stopService()
+        close = getattr(self.session_store, "close", None)
+        if close is None:
+            return stopped
+        return defer.gatherResults([defer.maybeDeferred(lambda: stopped), close()])
+
+
 def makeService(options) -> CacheServerService:
+    if options["store"] != "local":
+        store_redis.use_asyncio_reactor()
     return CacheServerService(options["listen"], options["sessions"], options["progress"],
-                              options["ownership"], options["killable"])
+                              options["ownership"], options["killable"], store=options["store"])

@@ -99,6 +99,7 @@ class RedisTarget:
     cluster: bool = False
     nodes: Tuple[Tuple[str, int], ...] = ()
     shards: int = 1
+    timeout: float = DEFAULT_TIMEOUT
     options: Dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -125,6 +126,13 @@ def parse_store_url(text: str) -> RedisTarget:
     base = scheme.split("+", 1)[0]
     query = dict(parse_qsl(parts.query))
     shards = query.pop("shards", None)
+    timeout = query.pop("timeout", None)
+    try:
+        timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    except ValueError:
+        timeout = -1.0
+    if not 0.01 <= timeout <= 60:
+        raise StoreURLError(f"{text!r}: timeout is in seconds, from 0.01 to 60")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     if not hostlist:
         raise StoreURLError(f"{text!r}: no host:port")
@@ -149,7 +157,52 @@ def parse_store_url(text: str) -> RedisTarget:
     host, port = nodes[0]
     netloc = (userinfo + "@" if userinfo else "") + _join_host(host, port)
     url = urlunsplit((base, netloc, "" if cluster else parts.path, urlencode(query), ""))
-    return RedisTarget(url, cluster, tuple(nodes), count)
+    return RedisTarget(url, cluster, tuple(nodes), count, timeout)
+
+
+def check(text: str, max_sessions: int) -> RedisTarget:
+    """Parse a ``--store`` URL and check it against ``--sessions``."""
+    target = parse_store_url(text)
+    if max_sessions < target.shards:
+        raise StoreURLError(f"{text!r}: --sessions {max_sessions} is fewer than its "
+                            f"{target.shards} shards")
+    return target
+
+
+def shown(text: str) -> str:
+    """A ``--store`` value fit for logs: 'local', or the URL without its password."""
+    return parse_store_url(text).shown if is_redis_url(text) else text
+
+
+def use_asyncio_reactor() -> None:
+    """Install Twisted's asyncio reactor, unless it is already the reactor.
+
+    redis-py's client runs on asyncio, so a Redis store needs this reactor; it is
+    installed only then, so the local store keeps the default (faster) reactor.  Called
+    from ``makeService``, which twistd runs before anything imports the reactor; when
+    some other reactor is already installed, the error says what to do.
+    """
+    import sys
+    from twisted.python import usage
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+        asyncioreactor.install(asyncio.new_event_loop())
+        return
+    from twisted.internet import reactor
+    if getattr(reactor, "_asyncioEventloop", None) is None:
+        raise usage.UsageError(
+            f"a Redis store needs Twisted's asyncio reactor, but {type(reactor).__name__} "
+            "is already installed: run twistd --reactor=asyncio")
+
+
+def open_store(text: str, reactor, max_sessions: int) -> "RedisSessionStore":
+    """The Redis store a ``--store`` URL names, on ``reactor`` (which must be asyncio's)."""
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is None:
+        raise RuntimeError("a Redis store needs Twisted's asyncio reactor "
+                           "(twistd --reactor=asyncio)")
+    target = parse_store_url(text)
+    return RedisSessionStore(target, max_sessions, timeout=target.timeout, loop=loop)
 
 
 def _host_port(text: str, item: str) -> Tuple[str, int]:
@@ -268,15 +321,16 @@ class RedisSessionStore:
     """
 
     def __init__(self, target: RedisTarget, max_sessions: int = 512,
-                 timeout: float = DEFAULT_TIMEOUT, pipelines: int = 4, client=None, loop=None):
+                 timeout: Optional[float] = None, pipelines: int = 4, client=None,
+                 loop=None):
         if max_sessions < target.shards:
             raise ValueError(f"--sessions {max_sessions} is fewer than the {target.shards} "
                              "shards of the Redis store")
         self.target = target
         self.max_sessions = max_sessions
-        self.timeout = timeout
+        self.timeout = target.timeout if timeout is None else timeout
         self._loop = loop or asyncio.get_event_loop()
-        self._client = client if client is not None else connect(target, timeout)
+        self._client = client if client is not None else connect(target, self.timeout)
         self._tags = shard_tags(target.shards)
         self._limits = [b"%d" % n for n in shard_limits(max_sessions, target.shards)]
         self._indexes = [KEY_PREFIX + b"{" + tag + b"}:index" for tag in self._tags]
