@@ -31,7 +31,8 @@ The client is redis-py's asyncio client (maintained, Cluster-aware: slot map, MO
 redirections, failover re-discovery), so dc_server runs on Twisted's asyncio reactor when a
 Redis store is configured; the default local store keeps the default reactor.  Requests
 arriving in one reactor turn go out together as one pipeline (many requests in flight per
-connection), and a few pipelines may be in flight at once.
+connection); while one pipeline is in flight the next one gathers, so Redis runs requests
+in the order dc_server received them.
 
 Redis down, slow or failing over: every request still gets its answer within ``timeout``
 seconds, a miss for GET/HAVE/REMOVE and a refused ADD (0x01).  The outage is logged once
@@ -60,30 +61,31 @@ DEFAULT_TIMEOUT = 1.0
 KEY_PREFIX = b"distcache:"
 SLOTS = 16384
 
-# KEYS: session key, shard index.  ARGV: id, data, timeout ms, shard limit, key prefix.
-# Returns the wire result byte.
-_ADD = b"""
+# One script for both writes, so that a Redis missing it (new, restarted, failed over)
+# refuses every write of a pipeline, and rerunning from there keeps the request order.
+# KEYS: session key, shard index.
+# ARGV 'remove', id: returns 1 when a live session went.
+# ARGV 'add', id, data, timeout ms, shard limit, key prefix: returns the wire result byte.
+_SCRIPT = b"""
+if ARGV[1] == 'remove' then
+  local n = redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return n
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 101 end
-local ttl = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4]) + 1
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5]) + 1
 if over > 0 then
   local gone = redis.call('ZPOPMIN', KEYS[2], over)
-  for i = 1, #gone, 2 do redis.call('DEL', ARGV[5] .. gone[i]) end
+  for i = 1, #gone, 2 do redis.call('DEL', ARGV[6] .. gone[i]) end
 end
 if ttl == 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])
 return 0
-"""
-
-# KEYS: session key, shard index.  ARGV: id.  Returns 1 when a live session went.
-_REMOVE = b"""
-local n = redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return n
 """
 
 
@@ -118,6 +120,15 @@ def is_redis_url(text: str) -> bool:
 
 def parse_store_url(text: str) -> RedisTarget:
     """Parse ``redis://``, ``rediss://``, ``redis+cluster://`` and ``rediss+cluster://`` URLs."""
+    try:
+        return _parse(text)
+    except StoreURLError:
+        raise
+    except ValueError as e:
+        raise StoreURLError(f"{text!r}: {e}") from None
+
+
+def _parse(text: str) -> RedisTarget:
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
@@ -321,8 +332,7 @@ class RedisSessionStore:
     """
 
     def __init__(self, target: RedisTarget, max_sessions: int = 512,
-                 timeout: Optional[float] = None, pipelines: int = 4, client=None,
-                 loop=None):
+                 timeout: Optional[float] = None, client=None, loop=None):
         if max_sessions < target.shards:
             raise ValueError(f"--sessions {max_sessions} is fewer than the {target.shards} "
                              "shards of the Redis store")
@@ -335,11 +345,13 @@ class RedisSessionStore:
         self._limits = [b"%d" % n for n in shard_limits(max_sessions, target.shards)]
         self._indexes = [KEY_PREFIX + b"{" + tag + b"}:index" for tag in self._tags]
         self._prefixes = [KEY_PREFIX + b"{" + tag + b"}:s:" for tag in self._tags]
-        self._add_sha = _sha1(_ADD)
-        self._remove_sha = _sha1(_REMOVE)
+        self._sha = _sha1(_SCRIPT)
         self._pending: List[_Op] = []
         self._flush_scheduled = False
-        self._pipelines_free = pipelines
+        # One pipeline in flight: Redis then runs requests in the order they came, across
+        # all connections, as the local store does; requests arriving meanwhile wait and
+        # go out together as the next pipeline.
+        self._pipelines_free = 1
         self._count = 0
         self._counting = False
         self._closed = False
@@ -350,8 +362,8 @@ class RedisSessionStore:
     def add(self, session_id: bytes, data: bytes, timeout_ms: int):
         shard = self._shard(session_id)
         return self._submit(
-            ("EVALSHA", self._add_sha, 2, self._prefixes[shard] + session_id,
-             self._indexes[shard], session_id, data, timeout_ms, self._limits[shard],
+            ("EVALSHA", self._sha, 2, self._prefixes[shard] + session_id,
+             self._indexes[shard], b"add", session_id, data, timeout_ms, self._limits[shard],
              self._prefixes[shard]), wire.NOTOK, int)
 
     def get(self, session_id: bytes):
@@ -365,8 +377,8 @@ class RedisSessionStore:
     def remove(self, session_id: bytes):
         shard = self._shard(session_id)
         return self._submit(
-            ("EVALSHA", self._remove_sha, 2, self._prefixes[shard] + session_id,
-             self._indexes[shard], session_id), False, bool)
+            ("EVALSHA", self._sha, 2, self._prefixes[shard] + session_id,
+             self._indexes[shard], b"remove", session_id), False, bool)
 
     def __len__(self) -> int:
         """The count from the shards' indexes, refreshed in the background when asked."""
@@ -442,17 +454,23 @@ class RedisSessionStore:
         for op in batch:
             pipe.execute_command(*op.args)
         results = await pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(results) if _is_noscript(r)]
-        if missing:
-            # A Redis that has not seen the scripts (new, restarted, failed over): EVAL
-            # loads them into its script cache, so later EVALSHAs find them.
-            pipe = self._client.pipeline(transaction=False)
-            for i in missing:
-                args = batch[i].args
-                pipe.execute_command("EVAL", _ADD if args[1] == self._add_sha else _REMOVE,
-                                     *args[2:])
-            for i, r in zip(missing, await pipe.execute(raise_on_error=False)):
-                results[i] = r
+        first = next((i for i, r in enumerate(results) if _is_noscript(r)), None)
+        if first is None:
+            return results
+        # A Redis without the script (new, restarted, failed over) ran none of the writes
+        # it was sent from there on.  Rerun, in order, those writes (by EVAL, which loads
+        # the script) and the reads among them, so every read sees the writes before it.
+        # Writes that did run went to other Cluster nodes, so other sessions.
+        again = [i for i in range(first, len(batch))
+                 if _is_noscript(results[i]) or batch[i].args[0] != "EVALSHA"]
+        pipe = self._client.pipeline(transaction=False)
+        for i in again:
+            args = batch[i].args
+            if args[0] == "EVALSHA":
+                args = ("EVAL", _SCRIPT) + args[2:]
+            pipe.execute_command(*args)
+        for i, r in zip(again, await pipe.execute(raise_on_error=False)):
+            results[i] = r
         return results
 
     def _settle(self, batch: List[_Op], results: list) -> None:
@@ -500,7 +518,11 @@ def connect(target: RedisTarget, timeout: float = DEFAULT_TIMEOUT):
         options["ssl"] = True
     for name, value in parse_qsl(parts.query):
         options.setdefault(name, value)
-    return RedisCluster(startup_nodes=nodes, cluster_error_retry_attempts=2, **options)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    # Few, quick retries: the per-request bound answers for an outage, not redis-py.
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
+    return RedisCluster(startup_nodes=nodes, retry=retry, **options)
 
 
 def _sha1(script: bytes) -> str:
