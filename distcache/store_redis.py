@@ -519,10 +519,11 @@ def connect(target: RedisTarget, timeout: float = DEFAULT_TIMEOUT):
     for name, value in parse_qsl(parts.query):
         options.setdefault(name, value)
     from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
-    # Few, quick retries: the per-request bound answers for an outage, not redis-py.
-    retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
-    return RedisCluster(startup_nodes=nodes, retry=retry, **options)
+    from redis.backoff import NoBackoff
+    # No retries: a retried pipeline runs its ADDs twice on the nodes that had answered
+    # (the second finds the first: 0x65).  A failed request is answered as a miss or a
+    # refused ADD, and the next pipeline finds the new slot map.
+    return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options)
 
 
 def _sha1(script: bytes) -> str:

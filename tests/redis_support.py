@@ -48,6 +48,8 @@ class RedisServer:
         self.directory = directory
         self.port = port or free_tcp_port()
         self.cluster = cluster
+        # The bus port is named, or Redis takes port + 10000, which may be taken or too high.
+        self.bus_port = free_tcp_port() if cluster else None
         self.process: Optional[subprocess.Popen] = None
 
     @property
@@ -61,12 +63,14 @@ class RedisServer:
                 "--daemonize", "no", "--logfile", "redis.log"]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-port", str(self.bus_port),
                      "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while cli(self.port, "PING") != "PONG":
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.05)
         return self
@@ -94,6 +98,14 @@ class RedisClusterNodes:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> "RedisClusterNodes":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         for node in self.nodes:
             node.start()
         out = subprocess.run(
@@ -103,7 +115,6 @@ class RedisClusterNodes:
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
         self.wait_ok()
-        return self
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
