@@ -36,7 +36,12 @@ in the order dc_server received them.
 
 Redis down, slow or failing over: every request still gets its answer within ``timeout``
 seconds, a miss for GET/HAVE/REMOVE and a refused ADD (0x01).  The outage is logged once
-when it starts and once when Redis answers again; redis-py reconnects by itself.
+when it starts and once when Redis answers again; redis-py reconnects by itself.  A request
+answered that way may still run if Redis had already read it (a refused ADD may yet store).
+redis-py's own retries are off: a retried pipeline would run its ADDs twice.
+
+The session count in the activity line is the shards' index sizes, fetched in the
+background when the line is due, so it trails by up to a second.
 """
 
 from __future__ import annotations
