@@ -6,6 +6,7 @@ persistence off (``--save '' --appendonly no``); the system service is never use
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -25,11 +26,7 @@ needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None or REDIS_CLI is None,
     reason="redis-server and redis-cli are not installed (apt-get install -y redis-server)")
 
-try:
-    import redis  # noqa: F401
-    HAVE_REDIS_PY = True
-except ImportError:
-    HAVE_REDIS_PY = False
+HAVE_REDIS_PY = importlib.util.find_spec("redis") is not None
 
 needs_redis_py = pytest.mark.skipif(
     not HAVE_REDIS_PY, reason="redis-py is not installed (pip install 'distcache-twisted[redis]')")
