@@ -192,12 +192,13 @@ class DoorService(ConfiguredService):
                      else "TLS from the listening address",
                      logins=("accounts in " + self.config.passwd) if self.config.passwd
                      else "none (every client is anonymous)")
-        log.info("DCAP door policy: {summary}",
-                 summary=policy_summary(self.policy, self.config.access,
-                                        self.config.allow_truncate))
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        # The policy line comes last: it says start-up is complete.
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
 
     def stopService(self):
         """Stop gently: listeners first, then sessions (within the grace), then storage.
