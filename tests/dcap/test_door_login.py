@@ -5,13 +5,13 @@ import os
 import sys
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.python import usage
 
 from distcache import dcap_tap
 from distcache.dcap import admin
 from distcache.dcap.auth import Account, PasswordFile
-from distcache.dcap.control import Request, parse_request
+from distcache.dcap.control import parse_request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tls_support import CA  # noqa: E402
