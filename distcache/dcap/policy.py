@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from distcache.dcap.configsource import ConfigError, Setting, parse_int
 from distcache.dcap.portrange import PortRange
+from distcache.dcap.space import SpaceSettings, resolve_space
 
 log = Logger()
 
@@ -199,6 +200,8 @@ class DcapPolicy:
     keep_alive: "int | None" = None
     strict_check: bool = False
     port_range: "PortRange | None" = None
+    # the pool's size, water marks and flush policy (space.py)
+    space: SpaceSettings = SpaceSettings()
 
     def buffers_for(self, pool=None):
         """The buffer limits of the named pool (the door's own by default)."""
@@ -312,6 +315,8 @@ def resolve_policy(
     if range_setting is not None and range_setting.value.strip():
         port_range = PortRange.parse(range_setting.value, range_setting.origin)
 
+    space = resolve_space(explicit, pool)
+
     return DcapPolicy(
         buffers=buffers,
         pool_buffers=tuple(per_pool.items()),
@@ -320,6 +325,7 @@ def resolve_policy(
         keep_alive=keep_alive,
         strict_check=strict,
         port_range=port_range,
+        space=space,
     )
 
 
