@@ -164,8 +164,11 @@ class DoorService(ConfiguredService):
         # grace, so stopService stops them itself, after the sessions are gone.  A
         # reactor without threads (a test's memory reactor) gets storage work inline.
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
+        from distcache.dcap import space
+        settings = self.policy.space if self.policy is not None else space.SpaceSettings()
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers or INLINE)
+                              workers=self.workers or INLINE, clock=reactor, space=settings)
+        space.save_settings(root, settings)  # what dcap-admin space compares use against
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
 
@@ -183,6 +186,7 @@ class DoorService(ConfiguredService):
             self.workers.startService()
         super().startService()
         self.factory.policy.start()
+        self.pool.start_management()
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
@@ -195,6 +199,9 @@ class DoorService(ConfiguredService):
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        if self.pool.space.manages_space or self.pool.flusher.active:
+            log.info("DCAP pool {name}: {space}", name=self.pool.name,
+                     space=self.pool.space.describe())
         # The policy line comes last: it says start-up is complete.
         log.info("DCAP door policy: {summary}",
                  summary=policy_summary(self.policy, self.config.access,
@@ -212,6 +219,9 @@ class DoorService(ConfiguredService):
         d = super().stopService()
         if factory is not None:
             d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
+
+        if pool is not None:
+            pool.stop_management()
 
         def closed(_):
             if factory is not None:
