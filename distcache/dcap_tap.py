@@ -157,7 +157,7 @@ class DoorService(ConfiguredService):
 
     def make_factory(self, reactor):
         from distcache.dcap import hsm
-        from distcache.dcap.pool import open_pool
+        from distcache.dcap.pool import DEFAULT_POOL_NAME, open_pool
         from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
         # Not a child service: the threads must outlive the listeners and the sessions'
@@ -165,7 +165,8 @@ class DoorService(ConfiguredService):
         # reactor without threads (a test's memory reactor) gets storage work inline.
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
         from distcache.dcap import space
-        settings = self.policy.space if self.policy is not None else space.SpaceSettings()
+        settings = (self.policy.space_for(DEFAULT_POOL_NAME) if self.policy is not None
+                    else space.SpaceSettings())
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
                               workers=self.workers or INLINE, clock=reactor, space=settings)
         space.save_settings(root, settings)  # what dcap-admin space compares use against

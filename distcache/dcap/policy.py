@@ -200,8 +200,9 @@ class DcapPolicy:
     keep_alive: "int | None" = None
     strict_check: bool = False
     port_range: "PortRange | None" = None
-    # the pool's size, water marks and flush policy (space.py)
+    # the pool's size, water marks and flush policy (space.py), and per poollist pool
     space: SpaceSettings = SpaceSettings()
+    pool_space: tuple = ()
 
     def buffers_for(self, pool=None):
         """The buffer limits of the named pool (the door's own by default)."""
@@ -209,6 +210,13 @@ class DcapPolicy:
             if name == pool:
                 return limits
         return self.buffers
+
+    def space_for(self, pool=None):
+        """The space settings of the named pool (the door's own by default)."""
+        for name, settings in self.pool_space:
+            if name == pool:
+                return settings
+        return self.space
 
     def open_deadline_seconds(self, client_timeout=None):
         """
@@ -316,6 +324,8 @@ def resolve_policy(
         port_range = PortRange.parse(range_setting.value, range_setting.origin)
 
     space = resolve_space(explicit, pool)
+    per_pool_space = tuple((entry.name, resolve_space(explicit, entry.options, pool))
+                           for entry in poollist)
 
     return DcapPolicy(
         buffers=buffers,
@@ -326,6 +336,7 @@ def resolve_policy(
         strict_check=strict,
         port_range=port_range,
         space=space,
+        pool_space=per_pool_space,
     )
 
 

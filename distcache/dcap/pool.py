@@ -46,6 +46,9 @@ from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
 log = Logger()
 
+#: The name of a door's pool (poollist entries of this name apply to it).
+DEFAULT_POOL_NAME = "pool1"
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -239,7 +242,7 @@ class Pool:
     engine seen through the database worker, which the door uses.
     """
 
-    def __init__(self, directory, namespace, name="pool1", hsm=None, fsync=True,
+    def __init__(self, directory, namespace, name=DEFAULT_POOL_NAME, hsm=None, fsync=True,
                  workers=INLINE, clock=None, space=None):
         self.directory = directory
         self.clock = clock if clock is not None else _WallClock()
@@ -767,7 +770,7 @@ def _unlink(path):
         pass
 
 
-def open_pool(root, hsm=None, name="pool1", fsync=True, workers=INLINE, clock=None,
+def open_pool(root, hsm=None, name=DEFAULT_POOL_NAME, fsync=True, workers=INLINE, clock=None,
               space=None):
     """The namespace and pool of the state directory root, as a Pool."""
     namespace = open_namespace(root)

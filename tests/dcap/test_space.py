@@ -130,6 +130,26 @@ def test_door_options_and_pool_create_line(tmp_path):
         Options().parseOptions(["--root", str(tmp_path), "--low-water", "0.99"])
 
 
+def test_poollist_entry_of_the_door_pool_and_the_batch_pool_line(tmp_path):
+    from distcache.dcap.policy_options import load_policy
+    batch = tmp_path / "door.batch"
+    batch.write_text('create diskCacheV111.pools.MultiProtocolPool2 pool1 '
+                     '"/srv/pool1 -poolSize=2G -highWater=90%"\n')
+    poollist = tmp_path / "pools.poollist"
+    poollist.write_text("pool1 /srv/pool1 lowWater=0.5 flushBatch=10\n"
+                        "pool2 /srv/pool2 poolSize=1M\n")
+    config = {"batch": str(batch), "poollist": str(poollist), "low-water": None}
+    policy = load_policy(config)
+    own = policy.space_for("pool1")
+    assert (own.pool_size, own.high, own.low, own.flush_batch) == (
+        2 << 30, pytest.approx(0.9), 0.5, 10)
+    assert policy.space_for("pool2").pool_size == 1 << 20
+    assert policy.space_for("other") == policy.space
+    assert policy.space.low == 0.85  # the poollist entry is pool1's alone
+    config["low-water"] = "0.6"  # the twistd option wins over everything
+    assert load_policy(config).space_for("pool1").low == 0.6
+
+
 def test_settings_recorded_for_the_admin_tool(tmp_path):
     s = SpaceSettings(pool_size=5000, high=0.9, low=0.6, flush_after=30.0)
     space.save_settings(str(tmp_path), s)
