@@ -380,12 +380,17 @@ class ServerLink:
             self._retry_later()
 
     def _reconnect(self, _why=None) -> None:
-        """Start a round at once, unless the lost connection was younger than the period."""
-        delay = self._connected_at + self.retry - self.clock.seconds()
-        if delay <= 0:
+        """After a loss: a round from the first server at once, but a server that closed a
+        connection younger than the retry period is not tried again before the period is
+        over (the next one is tried at once), so one that accepts and closes at once does
+        not make dc_client spin."""
+        young = self._connected_at + self.retry - self.clock.seconds()
+        if young <= 0:
             self._try_first()
+        elif self._at + 1 < len(self._endpoints):
+            self._try(self._at + 1)
         else:
-            self._timer = self.clock.callLater(delay, self._input, "retry_due")
+            self._timer = self.clock.callLater(young, self._input, "retry_due")
 
     def _cancel(self, _arg=None) -> None:
         timer, self._timer = self._timer, None

@@ -279,16 +279,36 @@ def test_losing_a_later_server_starts_over_from_the_first():
     assert farm.link.at == 2 and farm.attempts() == [1 + 12 + 1, 2, 1]
 
 
-def test_a_connection_lost_young_waits_for_the_period_before_the_next_round():
+def test_a_server_that_closes_a_young_connection_is_not_tried_again_within_the_period():
     farm = Farm(True, False).start()
     s1, s2 = farm.servers
     farm.clock.advance(1)
     s1.drop()                             # accepted, then closed after one second
-    assert farm.attempts() == [1, 0] and farm.link.state is LinkState.AWAY
-    farm.clock.advance(RETRY - 1 - 0.01)
-    assert farm.attempts() == [1, 0]
+    assert farm.attempts() == [1, 1] and farm.link.state is LinkState.AWAY
+    farm.clock.advance(RETRY - 0.01)
+    assert farm.attempts() == [1, 1]
     farm.clock.advance(0.01)
-    assert farm.attempts() == [2, 0] and farm.link.at == 0
+    assert farm.attempts() == [2, 1] and farm.link.at == 0
+
+
+def test_a_young_connection_lost_fails_over_at_once():
+    farm = Farm(True, True).start()
+    s1, s2 = farm.servers
+    s1.drop()
+    assert farm.attempts() == [1, 1] and farm.link.at == 1
+    farm.clock.advance(RETRY)             # the probe of the first comes one period later
+    assert farm.attempts() == [2, 1] and farm.link.at == 0
+
+
+def test_the_only_server_closing_a_young_connection_waits_out_the_period():
+    farm = Farm(True).start()
+    (s1,) = farm.servers
+    farm.clock.advance(2)
+    s1.drop()
+    farm.clock.advance(RETRY - 2 - 0.01)
+    assert farm.attempts() == [1]
+    farm.clock.advance(0.01)
+    assert farm.attempts() == [2] and farm.link.at == 0
 
 
 def test_no_server_reachable_repeats_rounds_every_period_and_reminds_rarely():
