@@ -220,6 +220,7 @@ class ServerLink:
         self.state = LinkState.STARTING
         self.locals: Set["LocalClient"] = set()
         self._upstream: Optional[UpstreamProtocol] = None  # set while CONNECTED or BLOCKED
+        self._dropping: Optional[UpstreamProtocol] = None  # aborted, its close to come
         self._retiring: Set[UpstreamProtocol] = set()      # replaced, finishing their requests
         self._open: Set[UpstreamProtocol] = set()          # every server connection not closed
         self._endpoints: list = []
@@ -306,7 +307,10 @@ class ServerLink:
         self._open.discard(protocol)
         if protocol is self._upstream:
             self._input("lost", why)
-        else:  # replaced, dropped or closed at stop: its requests get DISCONNECTED
+        elif protocol is self._dropping:
+            self._dropping = None
+            self._input("lost", why)
+        else:  # replaced, or closed at stop: its requests get DISCONNECTED
             self._retiring.discard(protocol)
             self._answer(protocol)
         if not self._open and self._closed_waiters:
@@ -405,6 +409,7 @@ class ServerLink:
         if timer is not None and timer.active():
             timer.cancel()
         self._attempt = None   # it fires with this protocol right after
+        self._dropping = None  # a dropped connection's close no longer matters
         self._upstream = protocol
         self._at = self._trying
         self._failures.pop(self._at, None)
@@ -435,6 +440,7 @@ class ServerLink:
             protocol.transport.loseConnection()
 
     def _abort(self, _why: str) -> None:
+        self._dropping = self._upstream
         self._upstream.transport.abortConnection()
 
     def _answer_in_flight(self, _why: str) -> None:

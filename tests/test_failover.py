@@ -105,8 +105,8 @@ def _feed(farm: Farm, name: str) -> None:
     elif name == "retry_due":
         link._input("retry_due")
     elif name == "lost":
-        if current is not None:
-            current.connectionLost(_done())
+        if (current or link._dropping) is not None:
+            (current or link._dropping).connectionLost(_done())
         else:
             link._input("lost", "Connection was closed cleanly.")
     elif name == "malformed":

@@ -439,6 +439,31 @@ def test_a_server_never_reached_is_one_line_and_a_stop_none():
     assert not proxy.clock.getDelayedCalls()
 
 
+def test_a_malformed_reply_is_one_line_and_the_close_that_follows_none():
+    proxy = Proxy()
+    proxy.connect_upstream(IPv4Address("TCP", "10.0.0.5", 9001))
+    proto, transport = proxy.local()
+    proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a"))
+    with capturedLogs() as events:
+        proxy.upstream.dataReceived(b"\xff" * 14)
+        proxy.upstream.dataReceived(b"\xff" * 14)
+        proxy.lose_upstream()
+    [line] = link_lines(events)
+    assert line.startswith("dropped the server connection to 10.0.0.5:9001: malformed reply")
+    assert proxy.link.state is LinkState.AWAY
+
+
+def test_a_dropped_server_is_tried_again_once_its_connection_has_closed():
+    proxy = Proxy()
+    server = MemoryServer("/run/dc_server.sock")
+    started(proxy, server)
+    proxy.clock.advance(60)
+    server.protocol.dataReceived(b"\xff" * 14)
+    assert server.transport.disconnecting and server.attempts == 1
+    server.drop()
+    assert server.attempts == 2 and proxy.link.state is LinkState.CONNECTED
+
+
 def test_the_service_says_nothing_per_attempt_or_connection(tmp_path):
     from twisted.internet.testing import MemoryReactorClock
     from twisted.internet.error import ConnectionRefusedError
