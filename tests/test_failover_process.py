@@ -24,7 +24,7 @@ from distcache.client_tap import ClientProxyService
 from cache_support import free_tcp_port, repo_env
 from polling import poll_until
 from proxy_support import collector_factory
-from redis_support import RedisServer, needs_redis, needs_redis_py, port_open, redis_dir
+from redis_support import RedisServer, needs_redis, needs_redis_py, port_open
 
 pytestmark = [needs_redis, needs_redis_py]
 

@@ -6,9 +6,8 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.logger import capturedLogs, formatEvent
 
 from distcache import wire
