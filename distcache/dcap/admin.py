@@ -401,12 +401,19 @@ class Admin:
         self.say("flush queue: %d files, %d bytes" % (len(queue), sum(c.size for c in queue)))
         for c in queue:
             self.say("  %s %12d  waiting %6.0fs  %s" % (c.pnfsid, c.size,
-                                                       max(survey.now - c.written, 0), c.path))
+                                                       max(survey.now - c.written, 0),
+                                                       self._path(c)))
         pins = survey.pins
         self.say("pins: %d" % len(pins))
         for c in pins:
             self.say("  %s %12d  %6.0fs left  %s" % (c.pnfsid, c.size,
-                                                    c.pinned_until - survey.now, c.path))
+                                                    c.pinned_until - survey.now, self._path(c)))
+
+    def _path(self, copy):
+        try:
+            return self.pool.engine.get(copy.pnfsid).path
+        except DcapError:
+            return "(no file)"
 
     def tape(self, args):
         if args.kind == "show":

@@ -19,7 +19,7 @@ log = Logger()
 
 def due(survey, settings):
     """The unflushed copies of survey to flush now, oldest first, and why (a word)."""
-    waiting = [c for c in survey.unflushed if c.path]  # a copy of no file is no candidate
+    waiting = [c for c in survey.unflushed if c.is_file]
     if not waiting:
         return [], None
     high = settings.high_bytes

@@ -614,18 +614,8 @@ class Pool:
         """
         def entries(found):
             copies, pins = found
-
-            def look_up():
-                known = {}
-                for pnfsid, _size, _mtime in copies:
-                    try:
-                        known[pnfsid] = self.engine.get(pnfsid)
-                    except DcapError:
-                        known[pnfsid] = None  # data of no file (e.g. mid-commit)
-                return known
-
-            return then(self.workers.database(look_up),
-                        lambda known: self._survey_of(copies, pins, known))
+            return then(self.workers.database(self.engine.tape_copies),
+                        lambda files: self._survey_of(copies, pins, files))
 
         return then(self.workers.disk(self._scan), entries)
 
@@ -641,18 +631,18 @@ class Pool:
                 copies.append((item.name, st.st_size, st.st_mtime))
         return copies, self._read_pins()
 
-    def _survey_of(self, copies, pins, known):
+    def _survey_of(self, copies, pins, files):
         result = []
         for pnfsid, size, mtime in copies:
-            entry = known.get(pnfsid)
+            is_file = pnfsid in files
             result.append(Copy(
                 pnfsid=pnfsid, size=size,
                 accessed=self._accessed.get(pnfsid, mtime),
                 written=self._written.get(pnfsid, mtime),
-                on_tape=bool(entry is not None and entry.tape_uri),
-                busy=self.is_busy(pnfsid) or entry is None,
+                on_tape=bool(files.get(pnfsid)),
+                busy=self.is_busy(pnfsid) or not is_file,
                 pinned_until=pins.get(pnfsid),
-                path=entry.path if entry is not None else ""))
+                is_file=is_file))
         return Survey(now=self.clock.seconds(), pool_size=self.space.pool_size,
                       copies=tuple(result))
 

@@ -31,7 +31,7 @@ class Copy:
     on_tape: bool
     busy: bool = False  # being read, written, flushed or staged
     pinned_until: "float | None" = None
-    path: str = ""
+    is_file: bool = True  # False: data of no file (an upload mid-commit, or an orphan)
 
     def pinned(self, now):
         return self.pinned_until is not None and self.pinned_until > now

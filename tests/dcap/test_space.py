@@ -160,7 +160,7 @@ def test_settings_recorded_for_the_admin_tool(tmp_path):
 # -- the sweeper's choice (pure) ---------------------------------------------
 
 def copy(pnfsid, accessed, on_tape=True, busy=False, pinned_until=None):
-    return Copy(pnfsid, KB, accessed, accessed, on_tape, busy, pinned_until, "/" + pnfsid)
+    return Copy(pnfsid, KB, accessed, accessed, on_tape, busy, pinned_until)
 
 
 def test_victims_least_recently_used_first_and_only_droppable_ones():
@@ -356,3 +356,15 @@ def test_door_open_for_writing_fails_with_enospc(pools, clock):
     assert ask('1 0 client open "dcap://h//g" w -mode=0644 h 1 -uid=0') == [
         '1 0 client failed 204 "No space left on pool pool1: 1 bytes wanted, 0 free after '
         'dropping every copy that is on tape" ENOSPC']
+
+
+def test_data_of_no_file_counts_as_used_but_is_neither_flushed_nor_dropped(pools, clock):
+    pool = pools(pool_size=1000, high=0.1, low=0.05, flush_batch=1, sweep_interval=5)
+    with open(os.path.join(pool.data_dir, "0000000000000000000000000000000000ff"), "wb") as f:
+        f.write(b"y" * 300)
+    pool.start_management()
+    clock.advance(10)
+    survey = result(pool.survey())
+    assert (survey.used, survey.droppable, survey.room_after_drops) == (300, 0, 700)
+    assert [c.is_file for c in survey.copies] == [False]
+    assert os.listdir(pool.hsm.directory) == []
