@@ -16,6 +16,9 @@ from twisted.logger import Logger
 
 log = Logger()
 
+#: The longest a file whose flushes keep failing waits for its next try (seconds).
+MAX_RETRY_DELAY = 3600.0
+
 
 def due(survey, settings):
     """The unflushed copies of survey to flush now, oldest first, and why (a word)."""
@@ -47,6 +50,9 @@ class FlushPolicy:
         self.clock = clock
         self._loop = None
         self._lock = defer.DeferredLock()
+        # pnfsid -> (failures in a row, clock time of the next try): a failing
+        # tape is tried again later and later, not on every pass
+        self._backoff = {}
 
     @property
     def active(self):
@@ -73,7 +79,8 @@ class FlushPolicy:
     def _check(self):
         def start(survey):
             files, reason = due(survey, self.settings)
-            files = [c for c in files if c.pnfsid not in self.pool.flushing]
+            files = [c for c in files if c.pnfsid not in self.pool.flushing
+                     and self._backoff.get(c.pnfsid, (0, 0))[1] <= survey.now]
             if not files:
                 return []
             log.info("pool {name}: flushing {count} files to tape ({reason})",
@@ -84,6 +91,17 @@ class FlushPolicy:
         return defer.maybeDeferred(self.pool.survey).addCallback(start)
 
     def _one(self, copy):
-        # the pool logs a failed flush; a later pass tries the file again
         d = defer.maybeDeferred(self.pool.flush_pnfsid, copy.pnfsid)
-        return d.addErrback(lambda _: None)
+
+        def done(entry):
+            self._backoff.pop(copy.pnfsid, None)
+            return entry
+
+        def failed(_):
+            # the pool has logged why; the next try waits twice as long as the last
+            count = self._backoff.get(copy.pnfsid, (0, 0))[0] + 1
+            delay = min(self.settings.sweep_interval * 2 ** count, MAX_RETRY_DELAY)
+            self._backoff[copy.pnfsid] = (count, self.clock.seconds() + delay)
+            return None
+
+        return d.addCallbacks(done, failed)

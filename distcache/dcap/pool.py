@@ -380,6 +380,8 @@ class Pool:
         return then(self.workers.database(self.engine.unlink, path, subject), discard)
 
     def _discard(self, entry):
+        self._accessed.pop(entry.pnfsid, None)
+        self._written.pop(entry.pnfsid, None)
         try:
             os.unlink(self.data_path(entry))
         except FileNotFoundError:

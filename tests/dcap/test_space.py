@@ -368,3 +368,21 @@ def test_data_of_no_file_counts_as_used_but_is_neither_flushed_nor_dropped(pools
     assert (survey.used, survey.droppable, survey.room_after_drops) == (300, 0, 700)
     assert [c.is_file for c in survey.copies] == [False]
     assert os.listdir(pool.hsm.directory) == []
+
+
+def test_a_failing_tape_is_tried_again_later_and_later(pools, clock):
+    pool = pools(flush_batch=1, sweep_interval=5)
+    tries = []
+    real_flush = pool.hsm.flush
+
+    def broken(entry, localfile):
+        tries.append(clock.seconds())
+        raise OSError("tape drive offline")
+    pool.hsm.flush = broken
+    pool.start_management()
+    store(pool, "/f")
+    clock.pump([5] * 30)  # 150 seconds
+    assert tries == [5, 15, 35, 75]  # 10, 20, 40 and 80 seconds apart
+    pool.hsm.flush = real_flush
+    clock.pump([5] * 40)
+    assert state(pool, "/f") == "disk+tape"
