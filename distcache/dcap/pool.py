@@ -357,8 +357,18 @@ class Pool:
                 self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
             )
             if copy_existing and ticket.old is not None:
-                return then(self.workers.disk(self._copy_of, ticket.old, temp),
-                            lambda f: Upload(self, ticket, temp, f))
+                old = ticket.old.pnfsid
+                self._readers[old] = self._readers.get(old, 0) + 1  # busy: not dropped
+                try:
+                    copied = self.workers.disk(self._copy_of, ticket.old, temp)
+                except BaseException:
+                    self._read_done(old)
+                    raise
+                if isinstance(copied, defer.Deferred):
+                    copied.addBoth(lambda r: (self._read_done(old), r)[1])
+                else:
+                    self._read_done(old)
+                return then(copied, lambda f: Upload(self, ticket, temp, f))
             return Upload(self, ticket, temp, open(temp, "x+b"))
 
         return then(self.workers.database(self.engine.prepare_write, path, subject, mode,

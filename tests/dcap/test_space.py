@@ -386,3 +386,49 @@ def test_a_failing_tape_is_tried_again_later_and_later(pools, clock):
     pool.hsm.flush = real_flush
     clock.pump([5] * 40)
     assert state(pool, "/f") == "disk+tape"
+
+
+class HeldDisk:
+    """Workers whose disk jobs wait until the test lets them run (database work inline)."""
+
+    def __init__(self):
+        self.held = []
+
+    def database(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def disk(self, fn, *args, **kwargs):
+        from twisted.internet import defer
+        d = defer.Deferred()
+        self.held.append((d, fn, args, kwargs))
+        return d
+
+    def run_all(self):
+        while self.held:
+            d, fn, args, kwargs = self.held.pop(0)
+            d.callback(fn(*args, **kwargs))
+
+
+def test_a_copy_being_copied_for_an_rw_open_is_busy(tmp_path, clock):
+    workers = HeldDisk()
+    tape = hsm.DirectoryTape(str(tmp_path / "tape"), clock)
+    pool = open_pool(str(tmp_path / "root"), hsm=tape, fsync=False, clock=clock,
+                     workers=workers)
+    try:
+        upload = pool.open_write("/f", ROOT)
+        upload.file.write(b"x" * KB)
+        committed = upload.commit()
+        workers.run_all()  # the commit's disk work
+        old = result(committed)
+        d = pool.flush(pool.engine.get(old.pnfsid))
+        clock.advance(0)
+        workers.run_all()
+        assert result(d).tape_uri
+        opened = pool.open_write("/f", ROOT, replace=True, copy_existing=True)
+        assert pool.is_busy(old.pnfsid)
+        workers.run_all()
+        upload = result(opened)
+        assert not pool.is_busy(old.pnfsid)
+        upload.abort()
+    finally:
+        pool.namespace.close()
