@@ -159,7 +159,7 @@ class DoorCollector:
         yield _counter("dcap_door_stage_waits", "Reads that waited for a stage from tape",
                        c.stage_waits)
         yield _gauge("dcap_door_stage_waiting", "Reads waiting for a stage from tape now",
-                     sum(1 for s in live if s.state == "staging"))
+                     sum(1 for s in live if s.state() == "staging"))
         expired = factory.policy.timeouts.expired
         timeouts = CounterMetricFamily("dcap_door_open_timeouts",
                                        "openTimeout deadlines passed, by the open's phase",
