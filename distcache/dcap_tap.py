@@ -174,6 +174,12 @@ class DoorService(ConfiguredService):
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        listeners = [child for child in self if isinstance(child, Listener)]
+        if self.metrics is not None and len(listeners) > 1:
+            log.info("DCAP door metrics at http://{address}/metrics",
+                     address=host_port(listeners[1].port.getHost()))
+        if self.transfer_log is not None:
+            log.info("DCAP door transfer log {path}", path=self.transfer_log)
         # The policy line comes last: it says start-up is complete.
         log.info("DCAP door policy: {summary}",
                  summary=policy_summary(self.policy, self.config.access,

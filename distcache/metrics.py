@@ -3,7 +3,8 @@
 The tools keep plain integer counters on their hot paths (:mod:`distcache.counting`,
 the proxy's link, the memcache factories, the door's :mod:`distcache.dcap.accounting`);
 the collectors here read them when Prometheus scrapes, through ``prometheus_client``'s
-metric families and its Twisted resource, so nothing is formatted by hand and nothing is paid per request.
+metric families and its Twisted resource, so nothing is formatted by hand and nothing
+is paid per request.
 Each service has its own registry, so several can run in one process.
 """
 

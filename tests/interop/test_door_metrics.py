@@ -86,4 +86,7 @@ def test_dccp_write_and_read_are_counted_and_logged(tmp_path):
         assert m[("dcap_door_transfers_in_progress", ())] == 0
     finally:
         door.stop()
-    assert "Traceback" not in door.log_text()
+    text = door.log_text()
+    assert "Traceback" not in text
+    assert "DCAP door metrics at http://127.0.0.1:%d/metrics" % port in text
+    assert "DCAP door transfer log %s" % log_path in text
