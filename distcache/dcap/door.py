@@ -34,7 +34,7 @@ from distcache.dcap.errors import (
     DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
-from distcache.dcap.mover import DataChannel, PassiveMoverFactory, connect_to_client, new_challenge
+from distcache.dcap.mover import DataChannel, connect_to_client, new_challenge
 from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
@@ -379,9 +379,8 @@ class DoorProtocol(LineOnlyReceiver):
         local = self.transport.getHost().host
         interface = "" if self.config.connect_host else local
         host = self.config.connect_host or local
-        factory = PassiveMoverFactory(transfer, challenge, session.mover_connected,
-                                      clock=self.factory.reactor)
-        d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
+        d = defer.maybeDeferred(self.factory.expect_mover, interface, transfer, challenge,
+                                session.mover_connected)
 
         def listening(port):
             session.listening(port, control.connect(session.sid, session.cid, host,
@@ -393,7 +392,7 @@ class DoorProtocol(LineOnlyReceiver):
             if f.check(PortRangeExhausted):
                 log.warn("transfer {tid}: {error}", tid=session.tid, error=f.getErrorMessage())
             else:
-                log.failure("transfer {tid}: cannot listen for the mover", f, tid=session.tid)
+                log.failure("transfer {tid}: cannot open the data port", f, tid=session.tid)
             session.failed(TransferError(RC_INTERNAL, "cannot open a data port: %s"
                                          % (f.getErrorMessage(),)))
 
@@ -505,9 +504,9 @@ class DoorFactory(Factory):
         """
         return self.policy.has_disk_copy(entry, [self.pool])
 
-    def listen_for_mover(self, interface: str, factory):
-        """A listening port for a server-passive mover, inside the port range."""
-        return self.policy.listen(self.reactor, interface, factory)
+    def expect_mover(self, interface: str, transfer, challenge: str, on_accept):
+        """Let transfer wait on the data port of interface for the client presenting challenge."""
+        return self.policy.expect_mover(self.reactor, interface, transfer, challenge, on_accept)
 
     # -- stopping ------------------------------------------------------------
 
