@@ -144,12 +144,13 @@ class DoorService(ConfiguredService):
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
-        log.info("DCAP door policy: {summary}",
-                 summary=policy_summary(self.policy, self.config.access,
-                                        self.config.allow_truncate))
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        # The policy line comes last: it says start-up is complete.
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
 
     def stopService(self):
         """Stop gently: listeners first, then sessions (within the grace), then storage.
