@@ -287,6 +287,11 @@ def welcome(major: str, minor: str) -> bytes:
     return reply(0, 0, "server", "welcome", major, minor)
 
 
+def status(sid: int, cid: int, text: str) -> bytes:
+    """A `status` answer: ``ok``, two spaces, 0 and the quoted state, as dCache writes it."""
+    return reply(sid, cid, "client", "ok", "", "0", quote(text))
+
+
 def pong(sid: int, cid: int) -> bytes:
     return reply(sid, cid, "server", "pong")
 

@@ -64,6 +64,7 @@ class DoorProtocol(LineOnlyReceiver):
         self.welcomed = False
         self.uid = -1
         self.gid = -1
+        self.pid = "<unknown>"
         self.closed = False
         self.stopping = False  # the door told this client it shuts down
         self.peer = "?"
@@ -148,7 +149,8 @@ class DoorProtocol(LineOnlyReceiver):
 
     def _session(self, r: Request, command: str, path: str = "", tid: Optional[int] = None,
                  answers: bool = True) -> Session:
-        session = Session(self, r.sid, r.cid, command, path, tid=tid, answers=answers)
+        session = Session(self, r.sid, r.cid, command, path, tid=tid, answers=answers,
+                          clock=self.factory.reactor)
         session.request = r
         session.options = dict(r.options)
         self.sessions[r.sid] = session
@@ -186,6 +188,7 @@ class DoorProtocol(LineOnlyReceiver):
             return
         self.uid = r.int_option("uid", -1)
         self.gid = r.int_option("gid", -1)
+        self.pid = r.option("pid") or self.pid
         self.welcomed = True
         self.send(control.welcome(major, minor))
 
@@ -198,7 +201,11 @@ class DoorProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def do_status(self, r: Request):
-        self.send(control.ok(r.sid, r.cid))
+        """The state of session r.sid on this connection, as dCache's door says it."""
+        session = self.sessions.get(r.sid)
+        if session is None:
+            raise DcapError(RC_INTERNAL, "Session ID %d not found." % (r.sid,))
+        self.send(control.status(r.sid, r.cid, session.status_text(self.uid, self.pid)))
 
     # -- namespace requests ---------------------------------------------
 

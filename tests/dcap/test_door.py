@@ -148,7 +148,7 @@ def test_check_and_stage(pool):
 def test_ping_status_and_unknown_commands(pool):
     c = Client(pool)
     assert c.ask("4 2 client ping") == "4 2 server pong"
-    assert c.ask("5 0 client status") == "5 0 client ok"
+    assert c.ask("5 0 client status") == '5 0 client failed 5 "Session ID 5 not found."'
     assert c.ask("6 0 client dance") == \
         "6 0 client failed 669 \"protocolViolation : Invalid command 'dance'\""
     assert c.ask('7 0 client stat "dcap://h/a%ff"') == \
@@ -438,3 +438,19 @@ def test_door_waits_for_a_store_that_answers_later(pool):
     c.transport.clear()
     clock.advance(1)
     assert c.transport.value().startswith(b"5 0 client connect ")
+
+
+def test_status_names_the_sessions_state_and_how_long_it_has_been_in_it(pool):
+    put(pool, "/f", b"hello")
+    c = Client(pool)
+    c.send(b'0 0 client hello 0 0 2 47 14 "" -uid=5 -pid=4242 -gid=0\n')
+    line = c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/f"))
+    assert line.split()[3] == "connect"
+    c.factory.reactor.advance(3)
+    assert c.ask("2 9 client status") == '2 9 client ok  0 "[2][5][4242] awaiting_mover(3)"'
+    channel, transport, _, _ = data_channel_for(c, line)
+    assert c.ask("2 10 client status") == '2 10 client ok  0 "[2][5][4242] transferring(0)"'
+    c.transport.clear()
+    channel.dataReceived(mc.encode_close())
+    assert c.transport.value() == b"2 0 client ok\n"
+    assert c.ask("2 11 client status") == '2 11 client failed 5 "Session ID 2 not found."'

@@ -189,3 +189,25 @@ def test_opendir_sessions_do_not_answer_their_outcome():
     walk.fire("mover_finished")
     assert walk.door.lines == []
     assert walk.session.state() == "done"
+
+
+def test_status_text_follows_the_state_and_the_time_in_it():
+    clock = MemoryReactorClock()
+    door = Door()
+    session = Session(door, 4, 0, "open", "/f", tid=1, clock=clock)
+    clock.advance(2)
+    assert session.status_text(7, "99") == "[4][7][99] resolving(2)"
+    wait = defer.Deferred()
+    wait.addErrback(lambda f: None)
+    session.stage(wait)
+    assert session.status_text(7, "99") == "[4][7][99] staging(0)"
+    clock.advance(5)
+    t = Transfer(4, source=BytesIO(b"x"), size=1)
+    t.outcome.addErrback(lambda f: None)
+    session.ready(t, True)
+    assert session.status_text(7, "99") == "[4][7][99] awaiting_mover(0)"
+    clock.advance(1.5)
+    assert session.status_text(7, "99") == "[4][7][99] awaiting_mover(1)"
+    session.mover_connected()
+    assert session.status_text(7, "99") == "[4][7][99] transferring(0)"
+    session.control_lost("client gone")
