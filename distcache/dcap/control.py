@@ -207,16 +207,29 @@ def decode_mode(text: Optional[str], default: int) -> int:
         return default
 
 
+#: A URL whose scheme ends in dcap, with an authority (dCache's DCapUrl).
+DCAP_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*)?dcaps?://", re.IGNORECASE)
+
+#: A pnfs id as libdcap sends it in place of a URL (names resolved through a mount).
+PNFSID = re.compile(r"[0-9A-Fa-f]{24}(?:[0-9A-Fa-f]{12})?")
+
+
+def is_pnfsid(text: str) -> bool:
+    """True when an open's first argument is a pnfs id rather than a URL or path."""
+    return PNFSID.fullmatch(text) is not None
+
+
 def decode_url(url: str) -> str:
     """Map `dcap://host[:port]/<%-encoded path>` (or a bare path) to a path.
 
-    The host and port are dropped, %-escapes decoded (as UTF-8) and runs
+    As in dCache, any scheme that ends in ``dcap`` (dcap, dcaps, gsidcap,
+    kerberos variants) names the door when an authority follows.  The host
+    and port are dropped, %-escapes decoded (as UTF-8) and runs
     of `/` collapsed.  Raises `BadURL` when the result is not a usable
     absolute path text.
     """
     text = url
-    lowered = text.lower()
-    if lowered.startswith("dcap://") or lowered.startswith("dcaps://") or lowered.startswith("gsidcap://"):
+    if DCAP_URL.match(text):
         rest = text.split("://", 1)[1]
         slash = rest.find("/")
         text = "/" if slash < 0 else rest[slash:]

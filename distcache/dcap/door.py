@@ -294,7 +294,10 @@ class DoorProtocol(LineOnlyReceiver):
     # -- transfers -------------------------------------------------------
 
     def do_open(self, r: Request):
-        path = self.path(r)
+        by_id = bool(r.args) and control.is_pnfsid(r.args[0])
+        # An open by pnfs id (libdcap resolving names through a mount) names
+        # its file by the id; -path= is what the client called it, for the log.
+        path = (r.option("path") or r.args[0]) if by_id else self.path(r)
         if len(r.args) < 2 or r.args[1] not in ("r", "w", "rw"):
             raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
         if self.factory.stopping:
@@ -302,23 +305,31 @@ class DoorProtocol(LineOnlyReceiver):
         mode = r.args[1]
         subject = self.subject(r)
         pool = self.factory.pool
+        namespace = self.factory.namespace
         tid = self.factory.new_transfer_id()
         session = self._session(r, "open", path, tid=tid)
         log.info("transfer {tid}: open {mode} {path} {options} (session {sid} from {peer})",
-                 tid=tid, mode=mode, path=path, peer=self.peer, sid=r.sid,
+                 tid=tid, mode=mode, path=r.args[0] if by_id else path, peer=self.peer, sid=r.sid,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
         session.watch = self.factory.policy.watch_open(
             tid, r.option("timeout"), session.deadline_waiting, session.deadline_reading)
         passive = "passive" in r.options or not self.config.connect_back
+
+        def resolved(step):
+            """step(path) once the pnfs id (if any) names a path."""
+            if not by_id:
+                return lambda: step(path)
+            return lambda: _then(namespace.get(r.args[0]), lambda entry: step(entry.path))
+
         if mode == "r":
-            session.follow(lambda: self.factory.namespace.open_read(path, subject),
+            session.follow(resolved(lambda p: namespace.open_read(p, subject)),
                            lambda entry: self._readable(session, entry, passive))
             return
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
 
-        def upload():
-            return pool.open_write(path, subject, create_mode, replace=replace,
+        def upload(p):
+            return pool.open_write(p, subject, create_mode, replace=replace,
                                    copy_existing=(mode == "rw"),
                                    overwrite_hint=self._overwrite_hint(r))
 
@@ -327,7 +338,7 @@ class DoorProtocol(LineOnlyReceiver):
             session.ready(self._transfer(session, upload=up, size=size,
                                          label="%s %s" % (mode, path)), passive)
 
-        session.follow(upload, start)
+        session.follow(resolved(upload), start)
 
     def _overwrite_hint(self, r: Request) -> str:
         """How a client whose write onto an existing file was refused can overwrite it."""

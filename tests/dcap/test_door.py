@@ -454,3 +454,26 @@ def test_status_names_the_sessions_state_and_how_long_it_has_been_in_it(pool):
     channel.dataReceived(mc.encode_close())
     assert c.transport.value() == b"2 0 client ok\n"
     assert c.ask("2 11 client status") == '2 11 client failed 5 "Session ID 2 not found."'
+
+
+def test_open_by_pnfsid_with_path_option(pool):
+    put(pool, "/pf", b"by id")
+    pnfsid = pool.namespace.lookup("/pf", ROOT).pnfsid
+    c = Client(pool)
+    line = c.ask('3 0 client open %s r h 1 -path=/mnt/d/f -uid=0' % pnfsid)
+    channel, transport, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_read(100) + mc.encode_close())
+    assert mc.DATA_HEADER + struct.pack(">i", 5) + b"by id" in transport.value()
+    assert c.transport.value() == b"3 0 client ok\n"
+    missing = "0" * 35 + "F"
+    assert c.ask('4 0 client open %s r h 1 -path=/x -uid=0' % missing) == \
+        '4 0 client failed 10001 "No such file or directory" ENOENT'
+
+
+@pytest.mark.parametrize("scheme", ["dcap", "gsidcap", "dcaps", "krb5dcap", "Xdcap"])
+def test_any_scheme_ending_in_dcap_names_the_door(pool, scheme):
+    put(pool, "/sf", b"x")
+    c = Client(pool)
+    reply = c.ask('1 0 client stat "%s://door.example.org:22125//sf" -uid=0' % scheme)
+    assert reply.startswith("1 0 client stat -st_size=1 "), reply
