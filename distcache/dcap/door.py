@@ -74,6 +74,11 @@ class DoorProtocol(LineOnlyReceiver):
         return self.factory.config
 
     def connectionMade(self):
+        # Replies are single short lines that the client waits for: without
+        # TCP_NODELAY the last of an exchange (the open's final ok) waits on the
+        # client's delayed ACK, 40 ms a small file.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.peer = host_port(self.transport.getPeer())
         self.factory.connections.add(self)
         log.info("control connection from {peer}", peer=self.peer)
