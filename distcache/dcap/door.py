@@ -41,6 +41,10 @@ from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
 
 log = Logger()
 
+#: Modes of new files and directories whose client sent no -mode, as dCache gives them.
+DEFAULT_FILE_MODE = 0o600
+DEFAULT_DIR_MODE = 0o700
+
 #: The line libdcap reads as "this door is going away" (any session id).
 SHUTDOWN_LINE = b"0 0 server shutdown\n"
 
@@ -225,7 +229,7 @@ class DoorProtocol(LineOnlyReceiver):
     do_lstat = do_stat
 
     def do_mkdir(self, r: Request):
-        mode = control.decode_mode(r.option("mode"), 0o755) & 0o7777
+        mode = control.decode_mode(r.option("mode"), DEFAULT_DIR_MODE) & 0o7777
         return self._ok_after(self.factory.namespace.mkdir(self.path(r), self.subject(r), mode), r)
 
     def do_rmdir(self, r: Request):
@@ -330,7 +334,7 @@ class DoorProtocol(LineOnlyReceiver):
             session.follow(resolved(lambda p: namespace.open_read(p, subject)),
                            lambda entry: self._readable(session, entry, passive))
             return
-        create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
+        create_mode = control.decode_mode(r.option("mode"), DEFAULT_FILE_MODE) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
 
         def upload(p):

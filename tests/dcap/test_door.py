@@ -477,3 +477,18 @@ def test_any_scheme_ending_in_dcap_names_the_door(pool, scheme):
     c = Client(pool)
     reply = c.ask('1 0 client stat "%s://door.example.org:22125//sf" -uid=0' % scheme)
     assert reply.startswith("1 0 client stat -st_size=1 "), reply
+
+
+def test_new_files_and_directories_without_mode_get_dcaches_defaults(pool):
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client mkdir "%s" -uid=0' % url("/nomode")) == "1 0 client ok"
+    assert pool.namespace.lookup("/nomode", ROOT).mode == 0o700
+    line = c.ask('2 0 client open "%s" w h 1 -uid=0' % url("/nomode/f"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/nomode/f", ROOT)  # a new file appears at CLOSE
+    assert c.ask('3 0 client stat "%s" -uid=0' % url("/nomode/f")) == \
+        '3 0 client failed 10001 "No such file or directory" ENOENT'
+    channel.dataReceived(mc.encode_write() + mc.encode_data(b"x") + mc.encode_close())
+    assert pool.namespace.lookup("/nomode/f", ROOT).mode == 0o600
+    assert "-st_mode=-rw-------" in c.ask('4 0 client stat "%s" -uid=0' % url("/nomode/f"))
