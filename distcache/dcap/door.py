@@ -30,7 +30,7 @@ from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.errors import (
-    RC_BAD_COMMAND, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
+    RC_BAD_COMMAND, RC_HSM_NOT_ENABLED, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
     DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
@@ -311,6 +311,9 @@ class DoorProtocol(LineOnlyReceiver):
             raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
         if self.factory.stopping:
             raise DcapError(RC_INTERNAL, "Door is shutting down")
+        if "hsm" in r.options and getattr(self.factory.pool, "hsm", None) is None:
+            # an open that names an HSM needs a pool with tape behind it
+            raise DcapError(RC_HSM_NOT_ENABLED, "Hsm Support Not enabled")
         mode = r.args[1]
         subject = self.subject(r)
         pool = self.factory.pool

@@ -492,3 +492,25 @@ def test_new_files_and_directories_without_mode_get_dcaches_defaults(pool):
     channel.dataReceived(mc.encode_write() + mc.encode_data(b"x") + mc.encode_close())
     assert pool.namespace.lookup("/nomode/f", ROOT).mode == 0o600
     assert "-st_mode=-rw-------" in c.ask('4 0 client stat "%s" -uid=0' % url("/nomode/f"))
+
+
+def test_hsm_option_is_refused_by_a_pool_without_tape(pool):
+    put(pool, "/h", b"x")
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client open "%s" r h 1 -hsm=osm -uid=0' % url("/h")) == \
+        '1 0 client failed 105 "Hsm Support Not enabled"'
+    assert c.ask('2 0 client open "%s" w h 1 -hsm=osm -uid=0' % url("/hw")) == \
+        '2 0 client failed 105 "Hsm Support Not enabled"'
+
+
+def test_hsm_option_is_taken_by_a_pool_with_tape(tmp_path):
+    from twisted.internet.task import Clock
+    from distcache.dcap import hsm
+    tape = hsm.DirectoryTape(str(tmp_path / "tape"), Clock(), stage_delay=0, flush_delay=0)
+    p = open_pool(str(tmp_path / "root"), hsm=tape, fsync=False)
+    try:
+        put(p, "/h", b"x")
+        c = Client(p)
+        assert c.ask('1 0 client open "%s" r h 1 -hsm=osm -uid=0' % url("/h")).split()[3] == "connect"
+    finally:
+        p.namespace.close()
