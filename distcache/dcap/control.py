@@ -207,9 +207,6 @@ def decode_mode(text: Optional[str], default: int) -> int:
         return default
 
 
-#: A URL whose scheme ends in dcap, with an authority (dCache's DCapUrl).
-DCAP_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*)?dcaps?://", re.IGNORECASE)
-
 #: A pnfs id as libdcap sends it in place of a URL (names resolved through a mount).
 PNFSID = re.compile(r"[0-9A-Fa-f]{24}(?:[0-9A-Fa-f]{12})?")
 
@@ -219,8 +216,13 @@ def is_pnfsid(text: str) -> bool:
     return PNFSID.fullmatch(text) is not None
 
 
+#: dcap://, dcaps://, and dcap:// behind a tunnel's prefix (gsidcap://, ssldcap://...),
+#: which libdcap sends as the client wrote it.
+_URL_SCHEME = re.compile(r"[A-Za-z0-9]{0,16}dcaps?://", re.IGNORECASE)
+
+
 def decode_url(url: str) -> str:
-    """Map `dcap://host[:port]/<%-encoded path>` (or a bare path) to a path.
+    """Map `[prefix]dcap://host[:port]/<%-encoded path>` (or a bare path) to a path.
 
     As in dCache, any scheme that ends in ``dcap`` (dcap, dcaps, gsidcap,
     kerberos variants) names the door when an authority follows.  The host
@@ -229,7 +231,7 @@ def decode_url(url: str) -> str:
     absolute path text.
     """
     text = url
-    if DCAP_URL.match(text):
+    if _URL_SCHEME.match(text):
         rest = text.split("://", 1)[1]
         slash = rest.find("/")
         text = "/" if slash < 0 else rest[slash:]
