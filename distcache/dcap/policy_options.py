@@ -39,6 +39,7 @@ PLAIN_FLAGS = {
     "flush-after": "flushAfter",
     "flush-batch": "flushBatch",
     "sweep-interval": "sweepInterval",
+    "data-port": "dataport",
 }
 
 
@@ -66,7 +67,7 @@ class PolicyOptions(usage.Options):
          "'strict': check answers ok only for a disk copy on a pool that is "
          "up; 'fuzzy' (default): from the namespace."],
         ["portrange", None, None,
-         "Ports server-passive movers listen on: LOW:HIGH or "
+         "Ports the pool's data port may take (the first free one): LOW:HIGH or "
          "org.dcache.net.tcp.portrange=LOW:HIGH."],
         ["pool-size", None, None,
          "Disk space the pool may use (bytes, or 500M, 10G); above the high "
@@ -84,6 +85,10 @@ class PolicyOptions(usage.Options):
         ["sweep-interval", None, None,
          "Seconds between the pool's space and flush checks (sweepInterval; "
          "default 10)."],
+        ["data-port", None, None,
+         "The one port every server-passive mover shares (inside --portrange "
+         "if both are given); default: the first free port of --portrange, "
+         "else one the system chooses."],
     ] + [
         [flag, None, None, f"Bytes ({name}); overrides batch and poollist."]
         for flag, name in BUFFER_FLAGS.items()
