@@ -200,20 +200,21 @@ def check_group(name: Optional[str]) -> None:
 
 
 def socket_mode(own: SocketOwnership, text: str = "") -> Optional[int]:
-    """The mode a unix listening socket gets: owner-only unless the flags open it.
+    """The mode to give a unix listening socket after binding, or None to leave it.
 
     ``--sockperms`` is taken as given; ``--sockgroup`` alone opens the socket to its
     group (0660); otherwise only the owner may connect (0600), so that no other local
-    user can read or plant sessions.  A ``unix:...:mode=`` endpoint string keeps the
-    mode it names.
+    user can read or plant sessions.  A ``UNIX:/path`` address is bound 0600 already
+    (see ``address.server_description``); a ``unix:...:mode=`` endpoint string keeps the
+    mode it names, and one without gets 0600 too.
     """
     if own.perms is not None:
         return own.perms
-    if text.startswith("unix:") and ":mode=" in text:
-        return None
     if own.group is not None:
         return 0o660
-    return address.OWNER_ONLY
+    if text.startswith("unix:") and ":mode=" not in text:
+        return address.OWNER_ONLY
+    return None
 
 
 def _uid(name: Optional[str]) -> int:

@@ -270,4 +270,16 @@ def test_a_unix_socket_is_owner_only_unless_the_flags_open_it(sockdir, ownership
 def test_a_unix_endpoint_string_keeps_the_mode_it_names():
     assert listening.socket_mode(SocketOwnership(), "unix:/x:mode=644") is None
     assert listening.socket_mode(SocketOwnership(), "unix:/x") == 0o600
+    assert listening.socket_mode(SocketOwnership(), "UNIX:/x") is None  # bound 0600
     assert listening.socket_mode(SocketOwnership(perms=0o640), "unix:/x:mode=644") == 0o640
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_unix_endpoint_string_without_a_mode_is_owner_only_too(sockdir):
+    path = os.path.join(sockdir, "raw")
+    listener = Listener(f"unix:{path}", factory())
+    listener.privilegedStartService()
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        yield listener.stopService()
