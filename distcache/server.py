@@ -5,7 +5,8 @@ are written at once, batched per read; when the store answers with a Deferred, l
 answers wait behind it so the order is kept.  A malformed request closes the connection
 once everything before it is answered; a store failure closes it at once, after the
 answers that were ready before the failed one.  A connection whose peer stops reading is
-paused (it is its own transport's producer), so memory stays bounded.
+paused (it is its own transport's producer): it reads no more, and answers no more of
+what it has read beyond one batch, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class ActivityReport:
 # connection closes.  CLOSED: closing or gone; nothing more is read or written.
 OPEN, DRAINING, CLOSED = "open", "draining", "closed"
 _PENDING = object()  # an answer the store has not given yet
+# Replies are handed to the transport at least every this many requests, so that a
+# paused transport stops the answering within one batch (at most 64 large sessions).
+_BATCH_MASK = 63
 
 
 @implementer(IPushProducer)
@@ -85,6 +89,11 @@ class CacheServerProtocol(Protocol):
         self._queue: Deque[list] = deque()
         self.state = OPEN
         self._fault: Optional[str] = None
+        # Requests decoded but not yet answered because the peer is not reading its
+        # replies (the transport paused us): answered when it resumes us, in order.
+        self._paused = False
+        self._held: List[wire.Message] = []
+        self._held_error: Optional[wire.ProtocolError] = None
 
     def connectionMade(self) -> None:
         self.factory.connections += 1
@@ -94,13 +103,23 @@ class CacheServerProtocol(Protocol):
         self.factory.connections -= 1
         self.state = CLOSED
         self._queue.clear()
+        self._held = []
 
-    # IPushProducer: the transport pauses us when its send buffer fills.
+    # IPushProducer: the transport pauses us when its send buffer fills.  Then neither
+    # is more read nor, past the next few replies, more answered: a peer that pipelines
+    # requests for large sessions and never reads costs a bounded amount of memory.
     def pauseProducing(self) -> None:
+        self._paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self._paused = False
+        if self._held and self.state is OPEN:
+            held, self._held = self._held, []
+            error, self._held_error = self._held_error, None
+            self._answer_all(held, error)
+        if not self._paused and not self._held:
+            self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
@@ -109,19 +128,39 @@ class CacheServerProtocol(Protocol):
         if self.state is not OPEN:
             return
         messages, error = self._decoder.receive(data)
+        if self._held:  # still answering an earlier read: these wait behind it
+            self._held += messages
+            if error is not None:
+                self._held_error = error
+            return
+        self._answer_all(messages, error)
+
+    def _answer_all(self, messages: List[wire.Message], error) -> None:
+        """Answer ``messages`` in order; hold the rest when the transport pauses us."""
         out: List[bytes] = []
         failure = None
+        answer = self._answer
+        done = 0
         try:
             for message in messages:
-                failure = self._answer(message, out)
+                failure = answer(message, out)
+                done += 1
                 if failure is not None:
                     break
+                if not done & _BATCH_MASK and out:
+                    # hand a batch over; the transport pauses us once its buffer is full
+                    self.transport.write(b"".join(out))
+                    out = []
+                    if self._paused and done < len(messages):
+                        self._held = messages[done:]
+                        self._held_error, error = error, None
+                        break
         except wire.ProtocolError as e:
             error = e
         if out:
             self.transport.write(b"".join(out))
         factory = self.factory
-        factory.activity.operations += len(messages)
+        factory.activity.operations += done
         factory.activity.counted()
         if failure is not None:
             self._store_failed(failure)
@@ -201,6 +240,7 @@ class CacheServerProtocol(Protocol):
                       peer=address_text(self.transport.getPeer()), why=why)
         self.state = CLOSED
         self._queue.clear()
+        self._held = []
         self.transport.loseConnection()
 
 
