@@ -12,7 +12,7 @@ what it has read beyond one batch, so memory stays bounded.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Deque, List, Optional, Set
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -94,13 +94,19 @@ class CacheServerProtocol(Protocol):
         self._paused = False
         self._held: List[wire.Message] = []
         self._held_error: Optional[wire.ProtocolError] = None
+        # Set by every read; the factory's idle sweep clears it and counts quiet sweeps.
+        self.active = True
+        self.quiet = 0
 
     def connectionMade(self) -> None:
-        self.factory.connections += 1
+        factory = self.factory
+        factory.connections += 1
+        factory.open.add(self)
         self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason) -> None:
         self.factory.connections -= 1
+        self.factory.open.discard(self)
         self.state = CLOSED
         self._queue.clear()
         self._held = []
@@ -125,6 +131,7 @@ class CacheServerProtocol(Protocol):
         pass
 
     def dataReceived(self, data: bytes) -> None:
+        self.active = True
         if self.state is not OPEN:
             return
         messages, error = self._decoder.receive(data)
@@ -231,6 +238,17 @@ class CacheServerProtocol(Protocol):
         elif not queue and self.state is DRAINING:
             self._close(self._fault)
 
+    @property
+    def busy(self) -> bool:
+        """Requests still being answered: not idle, however long the peer is quiet."""
+        return bool(self._held or self._queue or self._paused)
+
+    def close_idle(self) -> None:
+        """The idle sweep found nothing read for the idle timeout: hang up."""
+        self.factory.idle_closed += 1
+        self.state = CLOSED
+        self.transport.loseConnection()
+
     def _store_failed(self, failure: Failure) -> None:
         self.log.failure("session store failed", failure)
         self._close("session store failure")
@@ -260,24 +278,58 @@ class CacheServerFactory(Factory):
 
     protocol = CacheServerProtocol
     noisy = False
+    log = Logger()
 
-    def __init__(self, store, progress: int = 0, clock=None):
+    def __init__(self, store, progress: int = 0, clock=None, idle_timeout: float = 0):
         self.store = store
         self.connections = 0
+        self.open: Set[CacheServerProtocol] = set()
         self.protocol_errors = 0
+        self.idle_closed = 0
         self.activity = ActivityReport(store, progress)
+        self.idle_timeout = idle_timeout
         self._clock = clock
         self._ticker: Optional[LoopingCall] = None
+        self._sweeper: Optional[LoopingCall] = None
+
+    def _looping(self, call, interval: float) -> LoopingCall:
+        loop = LoopingCall(call)
+        if self._clock is not None:
+            loop.clock = self._clock
+        loop.start(interval, now=False)
+        return loop
 
     def startFactory(self) -> None:
         if self._ticker is None:
-            self._ticker = LoopingCall(self.activity.tick)
-            if self._clock is not None:
-                self._ticker.clock = self._clock
-            self._ticker.start(1.0, now=False)
+            self._ticker = self._looping(self.activity.tick, 1.0)
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = self._looping(self.sweep_idle, self.idle_timeout / 2)
+
+    def sweep_idle(self) -> None:
+        """Every half idle-timeout: close what nothing was read from for two sweeps running.
+
+        A flag per read rather than a timer per connection keeps reads cheap; a
+        connection is closed after between one and one and a half idle-timeouts.
+        """
+        idle = []
+        for protocol in self.open:
+            if protocol.active or protocol.busy:
+                protocol.active = False
+                protocol.quiet = 0
+            else:
+                protocol.quiet += 1
+                if protocol.quiet >= 2:
+                    idle.append(protocol)
+        for protocol in idle:
+            protocol.close_idle()
+        if idle:
+            self.log.info("closed {n} connections idle for {seconds:g} s or more (--idle-timeout)",
+                          n=len(idle), seconds=self.idle_timeout)
 
     def stopFactory(self) -> None:
         self.activity.tick()  # the last changes before shutdown are reported too
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
-        self._ticker = None
+        for name in ("_ticker", "_sweeper"):
+            loop = getattr(self, name)
+            if loop is not None and loop.running:
+                loop.stop()
+            setattr(self, name, None)

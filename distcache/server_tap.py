@@ -78,6 +78,10 @@ class SocketOptions(usage.Options):
         return SocketOwnership(self["sockowner"], self["sockgroup"], perms)
 
 
+#: seconds a connection may stay quiet; dc_client reconnects at once when it is closed
+DEFAULT_IDLE_TIMEOUT = 3600
+
+
 class Options(SocketOptions):
 
     program = "dc_server"
@@ -94,6 +98,8 @@ class Options(SocketOptions):
     optParameters = [
         ["sessions", None, "512", "The most sessions the cache holds."],
         ["progress", None, "0", "Also log the activity line every N operations."],
+        ["idle-timeout", None, str(DEFAULT_IDLE_TIMEOUT), "Close connections nothing was read "
+         "from for this many seconds (0: never)."],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
         ["store", None, "local", "Where sessions live: 'local' (this process), or shared in "
          "redis://[:PASSWORD@]HOST:PORT[/DB], rediss://... (TLS) or "
@@ -118,6 +124,7 @@ class Options(SocketOptions):
             raise usage.UsageError("--listen ADDR is required")
         self["sessions"] = positive_int("sessions", self["sessions"])
         self["progress"] = positive_int("progress", self["progress"], minimum=0)
+        self["idle-timeout"] = positive_int("idle-timeout", self["idle-timeout"], minimum=0)
         if self["metrics"] is not None:
             checked(self["metrics"], "--metrics")
         self["ownership"] = self.ownership()
@@ -141,7 +148,8 @@ class CacheServerService(ConfiguredService):
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
                  reactor=None, memcache_listen: List[str] = (), memcache_flush_all: bool = False,
                  metrics: Optional[str] = None, store: str = "local",
-                 limits: ConnectionLimits = Options.default_limits):
+                 limits: ConnectionLimits = Options.default_limits,
+                 idle_timeout: int = DEFAULT_IDLE_TIMEOUT):
         super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
@@ -153,6 +161,7 @@ class CacheServerService(ConfiguredService):
         self.metrics = metrics
         self.store = store
         self.limits = limits
+        self.idle_timeout = idle_timeout
         self.factory: Optional[CacheServerFactory] = None
         self.memcache: Optional[MemcacheFactory] = None
         self.session_store = None
@@ -164,6 +173,7 @@ class CacheServerService(ConfiguredService):
         state.setdefault("metrics", None)
         state.setdefault("store", "local")
         state.setdefault("limits", Options.default_limits)
+        state.setdefault("idle_timeout", DEFAULT_IDLE_TIMEOUT)
         super().__setstate__(state)
 
     def build(self, reactor) -> None:
@@ -174,7 +184,8 @@ class CacheServerService(ConfiguredService):
         self.session_store = engine
         counters = StoreCounters()
         store = CountingStore(engine, counters)
-        self.factory = CacheServerFactory(store, self.progress, clock=reactor)
+        self.factory = CacheServerFactory(store, self.progress, clock=reactor,
+                                          idle_timeout=self.idle_timeout)
         self.factory.counters = counters
         for addr in self.listen:
             Listener(addr, self.factory, self.ownership, reactor,
@@ -223,4 +234,4 @@ def makeService(options) -> CacheServerService:
                               memcache_listen=options["memcache-listen"],
                               memcache_flush_all=bool(options["memcache-flush-all"]),
                               metrics=options["metrics"], store=options["store"],
-                              limits=options["limits"])
+                              limits=options["limits"], idle_timeout=options["idle-timeout"])

@@ -309,3 +309,42 @@ def test_connection_count(clock):
     assert factory.connections == 2
     a.connectionLost(None)
     assert factory.connections == 1
+
+
+def test_idle_connections_close_after_the_idle_timeout_and_no_sooner(clock):
+    factory = CacheServerFactory(SessionStore(clock), clock=clock, idle_timeout=10)
+    factory.startFactory()
+    quiet, _ = connect(factory)
+    quiet_transport = quiet.transport
+    talking, talking_transport = connect(factory)
+    for _ in range(9):  # 9.9 s: within the timeout, nothing closes
+        clock.advance(1.1)
+        talking.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"x"))
+    assert not quiet_transport.disconnecting
+    for _ in range(6):  # 15.9 s quiet: past one and a half timeouts
+        clock.advance(1)
+    assert quiet_transport.disconnecting and factory.idle_closed == 1
+    assert not talking_transport.disconnecting
+    factory.stopFactory()
+
+
+def test_a_connection_still_being_answered_is_not_idle(clock):
+    factory = CacheServerFactory(SessionStore(clock), clock=clock, idle_timeout=10)
+    factory.startFactory()
+    proto, transport = connect(factory)
+    proto.pauseProducing()  # the peer does not read its replies
+    clock.pump([1] * 60)
+    assert not transport.disconnecting
+    proto.resumeProducing()
+    clock.pump([1] * 16)
+    assert transport.disconnecting
+    factory.stopFactory()
+
+
+def test_an_idle_timeout_of_zero_never_closes(clock):
+    factory = CacheServerFactory(SessionStore(clock), clock=clock, idle_timeout=0)
+    factory.startFactory()
+    proto, transport = connect(factory)
+    clock.advance(10 ** 6)
+    assert not transport.disconnecting
+    factory.stopFactory()
