@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from distcache import wire
 from distcache.address import address_text
+from distcache.ratelimit import RateLimitedLogs
 
 _NOTOK = b"\x01"
 _OK = b"\x00"
@@ -251,11 +252,11 @@ class CacheServerProtocol(Protocol):
 
     def _store_failed(self, failure: Failure) -> None:
         self.log.failure("session store failed", failure)
-        self._close("session store failure")
+        self._close("session store failure", "connections closed on a store failure")
 
-    def _close(self, why: str) -> None:
-        self.log.warn("closing connection from {peer}: {why}",
-                      peer=address_text(self.transport.getPeer()), why=why)
+    def _close(self, why: str, kind: str = "malformed connections") -> None:
+        self.factory.warnings[kind].warn("closing connection from {peer}: {why}",
+                                         peer=address_text(self.transport.getPeer()), why=why)
         self.state = CLOSED
         self._queue.clear()
         self._held = []
@@ -287,6 +288,9 @@ class CacheServerFactory(Factory):
         self.protocol_errors = 0
         self.idle_closed = 0
         self.activity = ActivityReport(store, progress)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.warnings = RateLimitedLogs(CacheServerProtocol.log, clock)
         self.idle_timeout = idle_timeout
         self._clock = clock
         self._ticker: Optional[LoopingCall] = None
@@ -328,6 +332,7 @@ class CacheServerFactory(Factory):
 
     def stopFactory(self) -> None:
         self.activity.tick()  # the last changes before shutdown are reported too
+        self.warnings.stop()
         for name in ("_ticker", "_sweeper"):
             loop = getattr(self, name)
             if loop is not None and loop.running:

@@ -348,3 +348,20 @@ def test_an_idle_timeout_of_zero_never_closes(clock):
     clock.advance(10 ** 6)
     assert not transport.disconnecting
     factory.stopFactory()
+
+
+def test_malformed_connections_are_logged_in_full_only_for_the_first_few(clock):
+    from twisted.logger import Logger, formatEvent
+    events = []
+    factory = CacheServerFactory(SessionStore(clock), clock=clock)
+    factory.warnings.log = Logger(namespace="test", observer=events.append)
+    for _ in range(20):
+        proto, transport = connect(factory)
+        proto.dataReceived(b"\xff" * 32)
+        assert transport.disconnecting
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 5 and all(line.startswith("closing connection from") for line in lines)
+    clock.advance(60)
+    assert formatEvent(events[-1]) == ("15 more malformed connections in the last 60 s "
+                                       "(not logged one by one)")
+    assert factory.protocol_errors == 20
