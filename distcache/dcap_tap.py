@@ -84,7 +84,7 @@ class DoorService(ConfiguredService):
 
     program = "dcap-door"
 
-    runtime = ("pool", "factory")
+    runtime = ("pool", "factory", "workers")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
         super().__init__(reactor)
@@ -95,19 +95,26 @@ class DoorService(ConfiguredService):
         self.policy = policy
         self.pool = None
         self.factory = None
+        self.workers = None
 
     @property
     def port(self):
         """The listening port while running (None otherwise)."""
         for child in self:
-            return child.port
+            if isinstance(child, Listener):
+                return child.port
         return None
 
     def make_factory(self, reactor):
         from distcache.dcap import hsm
         from distcache.dcap.pool import open_pool
+        from distcache.dcap.workers import ThreadWorkers
         root = os.path.abspath(self.root)
-        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync)
+        # first child, so it stops last: requests still running finish their storage work
+        self.workers = ThreadWorkers(reactor)
+        self.workers.setServiceParent(self)
+        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
+                              workers=self.workers)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
 
@@ -125,10 +132,10 @@ class DoorService(ConfiguredService):
         if self.factory is not None:
             self.factory.policy.stop()
         if self.pool is not None:
-            self.pool.namespace.close()
+            self.pool.engine.close()  # the database worker has stopped with its service
         for child in list(self):
             child.disownServiceParent()
-        self.factory = self.pool = None
+        self.factory = self.pool = self.workers = None
         self.built = False
         return d
 

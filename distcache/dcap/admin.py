@@ -253,7 +253,8 @@ class Admin:
     def _import_file(self, local, target, owner, replace):
         try:
             st = os.lstat(local)
-            upload = self.pool.open_write(target, ROOT, stat.S_IMODE(st.st_mode), replace)
+            upload = self.pool.open_write(target, ROOT, stat.S_IMODE(st.st_mode), replace,
+                                          overwrite_hint="import --replace overwrites it")
         except DcapError as e:
             self.complain(local, e)
             return

@@ -325,13 +325,26 @@ class DoorProtocol(LineOnlyReceiver):
                          lambda entry: self._open_readable(r, session, entry))
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
-        upload = pool.open_write(path, subject, create_mode, replace=replace,
-                                 copy_existing=(mode == "rw"))
+        return _then(pool.open_write(path, subject, create_mode, replace=replace,
+                                     copy_existing=(mode == "rw"),
+                                     overwrite_hint=self._overwrite_hint(r)),
+                     lambda upload: self._open_writable(r, session, mode, path, upload))
+
+    def _open_writable(self, r: Request, session: Session, mode: str, path: str, upload):
+        if self.closed:
+            upload.abort()
+            return
         size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
         transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
         self._watch(r, session)
         self.sessions[r.sid] = session
         self._start_mover(r, session, transfer)
+
+    def _overwrite_hint(self, r: Request) -> str:
+        """How a client whose write onto an existing file was refused can overwrite it."""
+        if not self.config.allow_truncate:
+            return "this door does not overwrite files (its --allow-truncate option allows it)"
+        return "the client did not ask to truncate (-truncate)"
 
     def _watch(self, r: Request, session: Session):
         """Put an accepted open under its openTimeout (client's -timeout first)."""

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from distcache.dcap import mover_codec as mc
-from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_of
+from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE
 from distcache.dcap.errors import RC_DISK_IO, RC_INVALID_ARGS, TransferError
 
 log = Logger()
@@ -109,24 +109,22 @@ class Transfer:
 
     # -- outcome -------------------------------------------------------
 
-    def commit(self, client_adler32: Optional[int]) -> None:
-        """Make a written file visible; a checksum mismatch discards it."""
+    def commit(self, client_adler32: Optional[int]):
+        """Make a written file visible; a checksum mismatch discards it.
+
+        None when done at once, or a Deferred when the pool's workers sync
+        and checksum off the reactor; failures are TransferErrors.
+        """
         if self.upload is None:
-            return
-        self.upload.file.flush()
-        adler = self._adler
-        if adler is None:
-            self.upload.file.seek(0)
-            adler = adler32_of(self.upload.file)
-        if client_adler32 is not None and client_adler32 != adler:
-            self.upload.abort()
-            raise TransferError(RC_DISK_IO, "Checksum mismatch: client 0x%08x, pool 0x%08x"
-                                % (client_adler32, adler), "EIO")
+            return None
         try:
-            self.upload.commit(size=self.size, adler32=adler)
+            result = self.upload.commit(size=self.size, adler32=self._adler,
+                                        client_adler32=client_adler32)
         except Exception as e:
-            raise TransferError(getattr(e, "rc", RC_DISK_IO), getattr(e, "message", str(e)),
-                                getattr(e, "posix", "EIO"))
+            raise _as_transfer_error(e)
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(lambda f: _raise(_as_transfer_error(f.value)))
+        return None
 
     def abort(self) -> None:
         """Discard a partial write (the earlier version, if any, stays)."""
@@ -152,6 +150,17 @@ class Transfer:
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.abortConnection()
         self.finish(TransferError(RC_DISK_IO, reason, "EIO"))
+
+
+def _as_transfer_error(e: BaseException) -> TransferError:
+    if isinstance(e, TransferError):
+        return e
+    return TransferError(getattr(e, "rc", RC_DISK_IO), getattr(e, "message", str(e)),
+                         getattr(e, "posix", "EIO"))
+
+
+def _raise(e: BaseException):
+    raise e
 
 
 @implementer(IPushProducer)
@@ -356,6 +365,7 @@ class DataChannel(Protocol):
         self._write_error: Optional[TransferError] = None
         self._write_cmd = mc.WRITE
         self._closed = False
+        self._committing = False  # a CLOSE's commit is running off the reactor
         self.stream: Optional[_SendfileStream] = None
 
     def connectionMade(self) -> None:
@@ -500,14 +510,29 @@ class DataChannel(Protocol):
                 if transfer.upload is not None:
                     transfer.upload.abort()
                 raise self._write_error
-            transfer.commit(adler32)
+            result = transfer.commit(adler32)
         except TransferError as e:
-            log.warn("transfer {sid} ({label}) failed at close: {message}",
-                     sid=transfer.sid, label=transfer.label, message=e.message)
-            self.transport.write(mc.ack_error(mc.CLOSE, e.rc, e.message))
-            self.transport.loseConnection()
-            transfer.finish(e)
+            self._close_failed(e)
             return
+        if isinstance(result, defer.Deferred):
+            self._committing = True
+            result.addCallbacks(lambda _: self._closed_ok(),
+                                lambda f: self._close_failed(f.value))
+            return
+        self._closed_ok()
+
+    def _close_failed(self, e: TransferError) -> None:
+        self._committing = False
+        transfer = self.transfer
+        log.warn("transfer {sid} ({label}) failed at close: {message}",
+                 sid=transfer.sid, label=transfer.label, message=e.message)
+        self.transport.write(mc.ack_error(mc.CLOSE, e.rc, e.message))
+        self.transport.loseConnection()
+        transfer.finish(e)
+
+    def _closed_ok(self) -> None:
+        self._committing = False
+        transfer = self.transfer
         self.transport.write(mc.ack(mc.CLOSE))
         self.transport.loseConnection()
         log.info("transfer {sid} ({label}) closed: {bytes_in} bytes in, {bytes_out} bytes out",
@@ -519,7 +544,7 @@ class DataChannel(Protocol):
         if self.stream is not None:
             self.stream.stopped = True  # the reactor already forgot it with the socket
             self.stream = None
-        if self.transfer is not None and not self.transfer.ended:
+        if self.transfer is not None and not self.transfer.ended and not self._committing:
             if self.transfer.writable:
                 log.warn("data connection of session {sid} ({label}) lost before CLOSE: write discarded",
                          sid=self.transfer.sid, label=self.transfer.label)

@@ -178,11 +178,12 @@ class INamespace(Interface):
         Missing: 2 ENOENT; a directory: 1 "Not a File"; denied: 19 EACCES.
         """
 
-    def prepare_write(path, subject, mode=0o644, replace=False):
+    def prepare_write(path, subject, mode=0o644, replace=False, overwrite_hint=None):
         """Check that the subject may create (or replace) path: a WriteTicket.
 
         The file becomes visible only when the pool commits the ticket.
-        Existing file without replace: 1 "File is readOnly"; a directory:
+        Existing file without replace: 1 "File is readOnly: <path> exists",
+        followed by overwrite_hint (how the caller's user can overwrite); a directory:
         1 "Not a File"; parent missing: 2 ENOENT; denied: 19 EACCES.
         """
 

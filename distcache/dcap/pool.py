@@ -30,6 +30,7 @@ from distcache.dcap.errors import (
     StageFailed,
 )
 from distcache.dcap.sqlite_namespace import open_namespace
+from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
 log = Logger()
 
@@ -65,6 +66,7 @@ class Upload:
         self.temp_path = temp_path
         self.file = file
         self.done = False
+        self.committing = False
 
     @property
     def path(self):
@@ -76,42 +78,78 @@ class Upload:
         """The Entry this upload replaces, or None."""
         return self.ticket.old
 
-    def commit(self, size=None, adler32=None):
-        """Publish the data as the file's new version; returns the new Entry.
+    def commit(self, size=None, adler32=None, client_adler32=None):
+        """Publish the data as the file's new version: the new Entry (or a Deferred).
 
         size, when given, must match the bytes written (a mismatch is a
-        disk I/O error); adler32 is computed here when the mover did not.
+        disk I/O error); adler32 is computed here when the mover could not
+        follow the writes; client_adler32, when the client sent one, must
+        match it.  The fsyncs and the checksum run on the pool's disk
+        worker and the namespace commit on its database worker, so with
+        thread workers the answer is a Deferred.  Until it is in, abort()
+        leaves the upload alone: the commit decides.
         """
-        if self.done:
+        if self.done or self.committing:
             raise DcapError(RC_DISK_IO, "Upload already finished", "EIO")
+        self.committing = True
+        work = self.pool.workers
         try:
-            self.file.flush()
-            if self.pool.fsync:
-                os.fsync(self.file.fileno())
-            actual = os.fstat(self.file.fileno()).st_size
-            self.file.close()
-            if size is not None and size != actual:
-                raise DcapError(
-                    RC_DISK_IO, "Size mismatch: %d written, %d expected" % (actual, size),
-                    "EIO",
-                )
-            if adler32 is None:
-                adler32 = adler32_of_file(self.temp_path)
-            new, old = self.pool.namespace.commit_write(
-                self.ticket, actual, adler32, self.pool.name, self._place
-            )
+            result = then(
+                work.disk(self._seal, size, adler32, client_adler32),
+                lambda sealed: work.database(
+                    self.pool.engine.commit_write, self.ticket, sealed[0], sealed[1],
+                    self.pool.name, self._place))
+            result = then(result, self._published)
         except BaseException:
-            self._unplace()
-            self.abort()
+            self._failed()
             raise
-        self.done = True
+        if isinstance(result, defer.Deferred):
+            def failed(failure):
+                self._failed()
+                return failure
+            result.addErrback(failed)
+        return result
+
+    def _seal(self, size, adler32, client_adler32):
+        """Disk work before publishing: flush, sync, size and checksum; (size, adler32)."""
+        self.file.flush()
         if self.pool.fsync:
-            _fsync_dir(self.pool.data_dir)
-        if old is not None:
-            self.pool._discard(old)
-        log.info("stored {path} as {pnfsid} ({size} bytes)",
-                 path=new.path, pnfsid=new.pnfsid, size=new.size)
-        return new
+            os.fsync(self.file.fileno())
+        actual = os.fstat(self.file.fileno()).st_size
+        self.file.close()
+        if size is not None and size != actual:
+            raise DcapError(
+                RC_DISK_IO, "Size mismatch: %d written, %d expected" % (actual, size), "EIO")
+        if adler32 is None:
+            adler32 = adler32_of_file(self.temp_path)
+        if client_adler32 is not None and client_adler32 != adler32:
+            raise DcapError(RC_DISK_IO, "Checksum mismatch: client 0x%08x, pool 0x%08x"
+                            % (client_adler32, adler32), "EIO")
+        return actual, adler32
+
+    def _published(self, pair):
+        new, old = pair
+        self.done = True
+        self.committing = False
+
+        def finish(_):
+            if old is not None:
+                self.pool._discard(old)
+            log.info("stored {path} as {pnfsid} ({size} bytes)",
+                     path=new.path, pnfsid=new.pnfsid, size=new.size)
+            return new
+
+        if self.pool.fsync:
+            return then(self.pool.workers.disk(_fsync_dir, self.pool.data_dir), finish)
+        return finish(None)
+
+    def _failed(self):
+        """A commit that did not publish: drop its data, whatever step failed."""
+        if self.done:
+            return
+        self.committing = False
+        self.pool.workers.database(self._unplace)
+        self.abort()
 
     def _place(self, pnfsid):
         self.placed = self.pool._data_path(pnfsid)
@@ -123,7 +161,7 @@ class Upload:
         if placed is None:
             return
         try:
-            self.pool.namespace.get(os.path.basename(placed))
+            self.pool.engine.get(os.path.basename(placed))
         except DcapError:
             try:
                 os.unlink(placed)
@@ -132,7 +170,7 @@ class Upload:
 
     def abort(self):
         """Discard the written data; the namespace is unchanged."""
-        if self.done:
+        if self.done or self.committing:
             return
         self.done = True
         try:
@@ -149,11 +187,19 @@ class Pool:
 
     fsync=True makes every commit durable (data and directory are synced)
     before the file becomes visible; False trades that for speed.
+
+    workers runs the blocking parts (see workers.py): INLINE answers with
+    values, ThreadWorkers with Deferreds, and then ``namespace`` is the
+    engine seen through the database worker, which the door uses.
     """
 
-    def __init__(self, directory, namespace, name="pool1", hsm=None, fsync=True):
+    def __init__(self, directory, namespace, name="pool1", hsm=None, fsync=True,
+                 workers=INLINE):
         self.directory = directory
-        self.namespace = namespace
+        self.workers = workers
+        self.engine = namespace
+        self.namespace = (namespace if workers is INLINE
+                          else OffThreadNamespace(namespace, workers))
         self.name = name
         self.hsm = hsm
         self.fsync = fsync
@@ -192,32 +238,41 @@ class Pool:
         except FileNotFoundError:
             raise NotCached(RC_NOT_CACHED, "File is not cached") from None
 
-    def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False):
+    def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False,
+                   overwrite_hint=None):
         """Start an Upload of path; the namespace checks the subject's rights.
 
         replace allows a new version of an existing file (the door's
         truncate policy); copy_existing starts from the current data, for
-        ``rw`` opens that modify a file in place.
+        ``rw`` opens that modify a file in place; overwrite_hint ends the
+        refusal of an existing file when replace is false.
         """
-        ticket = self.namespace.prepare_write(path, subject, mode, replace)
-        temp = os.path.join(
-            self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
-        )
-        if copy_existing and ticket.old is not None:
-            if not self.is_cached(ticket.old):
-                raise NotCached(RC_NOT_CACHED, "File is not cached")
-            with open(self.data_path(ticket.old), "rb") as src, open(temp, "xb") as dst:
-                shutil.copyfileobj(src, dst, BLOCK_SIZE)
-            f = open(temp, "r+b")
-        else:
-            f = open(temp, "x+b")
-        return Upload(self, ticket, temp, f)
+        def start(ticket):
+            temp = os.path.join(
+                self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
+            )
+            if copy_existing and ticket.old is not None:
+                return then(self.workers.disk(self._copy_of, ticket.old, temp),
+                            lambda f: Upload(self, ticket, temp, f))
+            return Upload(self, ticket, temp, open(temp, "x+b"))
+
+        return then(self.workers.database(self.engine.prepare_write, path, subject, mode,
+                                          replace, overwrite_hint), start)
+
+    def _copy_of(self, old, temp):
+        """Disk work of an ``rw`` open: the old version copied to temp, opened r+b."""
+        if not self.is_cached(old):
+            raise NotCached(RC_NOT_CACHED, "File is not cached")
+        with open(self.data_path(old), "rb") as src, open(temp, "xb") as dst:
+            shutil.copyfileobj(src, dst, BLOCK_SIZE)
+        return open(temp, "r+b")
 
     def unlink(self, path, subject):
         """Remove a file from the namespace and its data from disk and tape."""
-        entry = self.namespace.unlink(path, subject)
-        self._discard(entry)
-        return entry
+        def discard(entry):
+            self._discard(entry)
+            return entry
+        return then(self.workers.database(self.engine.unlink, path, subject), discard)
 
     def _discard(self, entry):
         try:
@@ -277,12 +332,15 @@ class Pool:
         if self.hsm is None:
             return defer.fail(DcapError(
                 RC_NOT_ONLINE, "No tertiary storage configured for this pool", "EIO"))
-        fresh = self.namespace.get(entry.pnfsid)
-        if fresh.tape_uri:
-            return defer.succeed(fresh)
-        if not self.is_cached(fresh):
-            return defer.fail(NotCached(RC_NOT_CACHED, "File is not cached"))
-        return self._join(self._flushes, fresh, self._store)
+        def start(fresh):
+            if fresh.tape_uri:
+                return fresh
+            if not self.is_cached(fresh):
+                raise NotCached(RC_NOT_CACHED, "File is not cached")
+            return self._join(self._flushes, fresh, self._store)
+
+        return defer.maybeDeferred(
+            lambda: then(self.workers.database(self.engine.get, entry.pnfsid), start))
 
     @staticmethod
     def _join(running, entry, start):
@@ -308,8 +366,10 @@ class Pool:
         return d
 
     def _recall(self, entry):
-        pnfsid = entry.pnfsid
-        fresh = self.namespace.get(pnfsid)
+        return then(self.workers.database(self.engine.get, entry.pnfsid), self._recall_fresh)
+
+    def _recall_fresh(self, fresh):
+        pnfsid = fresh.pnfsid
         if self.is_cached(fresh):
             return fresh
         if not fresh.tape_uri:
@@ -323,9 +383,9 @@ class Pool:
         )
         log.info("staging {path} ({pnfsid}) from {uri}", path=fresh.path,
                  pnfsid=pnfsid, uri=fresh.tape_uri)
-        self.namespace.set_staging(pnfsid, os.getpid())
 
-        def staged(_):
+        def settle():
+            """Disk work once tape is done: check, sync and place the copy."""
             try:
                 size = os.stat(temp).st_size
             except FileNotFoundError:
@@ -340,14 +400,24 @@ class Pool:
                 with open(temp, "rb") as f:
                     os.fsync(f.fileno())
             os.rename(temp, self.data_path(fresh))
-            try:
-                staged_entry = self.namespace.set_location(
-                    pnfsid, on_disk=True, pool=self.name)
-            except DcapError:
+
+        def record(_):
+            d = defer.maybeDeferred(self.workers.database, self.engine.set_location,
+                                    pnfsid, on_disk=True, pool=self.name)
+
+            def removed(failure):
+                failure.trap(DcapError)
                 os.unlink(self.data_path(fresh))  # removed while it was being staged
-                raise
-            log.info("staged {path} ({pnfsid})", path=staged_entry.path, pnfsid=pnfsid)
-            return staged_entry
+                return failure
+
+            def done(staged_entry):
+                log.info("staged {path} ({pnfsid})", path=staged_entry.path, pnfsid=pnfsid)
+                return staged_entry
+
+            return d.addCallbacks(done, removed)
+
+        def staged(_):
+            return then(self.workers.disk(settle), record)
 
         def failed(failure):
             try:
@@ -361,26 +431,29 @@ class Pool:
             raise err
 
         def unmark(result):
-            try:
-                self.namespace.set_staging(pnfsid, None)
-            except DcapError:
-                pass  # the file was removed meanwhile
-            return result
+            d = defer.maybeDeferred(self.workers.database, self.engine.set_staging, pnfsid, None)
+            d.addErrback(lambda f: f.trap(DcapError))  # the file was removed meanwhile
+            return d.addCallback(lambda _: result)
 
-        d = defer.maybeDeferred(self.hsm.stage, fresh, fresh.tape_uri, temp)
-        d.addCallback(staged)
-        d.addErrback(failed)
-        d.addBoth(unmark)
-        return d
+        def recall(_):
+            d = defer.maybeDeferred(self.hsm.stage, fresh, fresh.tape_uri, temp)
+            d.addCallback(staged)
+            d.addErrback(failed)
+            d.addBoth(unmark)
+            return d
+
+        return then(self.workers.database(self.engine.set_staging, pnfsid, os.getpid()), recall)
 
     def _store(self, entry):
         pnfsid = entry.pnfsid
 
         def stored(uri):
-            fresh = self.namespace.set_location(pnfsid, tape_uri=uri)
-            log.info("flushed {path} ({pnfsid}) to {uri}", path=fresh.path,
-                     pnfsid=pnfsid, uri=uri)
-            return fresh
+            def recorded(fresh):
+                log.info("flushed {path} ({pnfsid}) to {uri}", path=fresh.path,
+                         pnfsid=pnfsid, uri=uri)
+                return fresh
+            return then(self.workers.database(self.engine.set_location, pnfsid, tape_uri=uri),
+                        recorded)
 
         def failed(failure):
             err = failure.value
@@ -397,25 +470,31 @@ class Pool:
         """Remove the disk copy of a flushed file, leaving it on tape only."""
         if not entry.is_file:
             raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
-        fresh = self.namespace.get(entry.pnfsid)
-        if not fresh.tape_uri:
-            raise DcapError(
-                RC_NOT_ONLINE, "File has no tape copy: flush it before dropping", "EIO"
-            )
-        try:
-            os.unlink(self.data_path(fresh))
-        except FileNotFoundError:
-            pass
-        fresh = self.namespace.set_location(fresh.pnfsid, on_disk=False)
-        log.info("dropped disk copy of {path} ({pnfsid})", path=fresh.path,
-                 pnfsid=fresh.pnfsid)
-        return fresh
+        def unlink_copy(fresh):
+            if not fresh.tape_uri:
+                raise DcapError(
+                    RC_NOT_ONLINE, "File has no tape copy: flush it before dropping", "EIO"
+                )
+            try:
+                os.unlink(self.data_path(fresh))
+            except FileNotFoundError:
+                pass
+            return then(self.workers.database(self.engine.set_location, fresh.pnfsid,
+                                              on_disk=False), dropped)
+
+        def dropped(fresh):
+            log.info("dropped disk copy of {path} ({pnfsid})", path=fresh.path,
+                     pnfsid=fresh.pnfsid)
+            return fresh
+
+        return then(self.workers.database(self.engine.get, entry.pnfsid), unlink_copy)
 
 
-def open_pool(root, hsm=None, name="pool1", fsync=True):
+def open_pool(root, hsm=None, name="pool1", fsync=True, workers=INLINE):
     """The namespace and pool of the state directory root, as a Pool."""
     namespace = open_namespace(root)
-    return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync)
+    return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync,
+                workers=workers)
 
 
 __all__ = ["Pool", "Upload", "open_pool"]

@@ -77,14 +77,20 @@ def _now():
 
 @implementer(INamespace)
 class SQLiteNamespace:
-    """The embedded namespace: one SQLite file, shared by the door processes."""
+    """The embedded namespace: one SQLite file, shared by the door processes.
+
+    Its methods block (up to busy_timeout while another process writes);
+    a door runs them on its single database worker (workers.py), and one
+    connection is used by one thread at a time.
+    """
 
     def __init__(self, root, busy_timeout=10.0, clock=_now):
         os.makedirs(root, exist_ok=True)
         self.root = root
         self._clock = clock
         self._db = sqlite3.connect(
-            os.path.join(root, DB_NAME), timeout=busy_timeout, isolation_level=None
+            os.path.join(root, DB_NAME), timeout=busy_timeout, isolation_level=None,
+            check_same_thread=False,  # made here, used on the one database worker
         )
         self._run("PRAGMA journal_mode=WAL")
         self._run("PRAGMA synchronous=NORMAL")
@@ -161,8 +167,7 @@ class SQLiteNamespace:
         for i, part in enumerate(parts):
             if not entry.is_dir:
                 raise missing(parts[:i])
-            if not _may(entry, subject, 1):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+            _require(entry, subject, 1)
             row = self._child(entry.ino, part)
             if row is None:
                 raise missing(parts[: i + 1])
@@ -216,8 +221,7 @@ class SQLiteNamespace:
             )
             if parent is None or self._child(parent.ino, name) is not None:
                 raise Exists(RC_DIR_EXISTS, "Directory exists", "EEXIST")
-            if not _may(parent, subject, 3):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+            _require(parent, subject, 3)
             now = self._clock()
             new_ino = self._run(
                 "INSERT INTO inode (parent, name, type, mode, uid, gid, atime, mtime, ctime)"
@@ -233,8 +237,7 @@ class SQLiteNamespace:
         def refuse(reason):
             return DcapError(RC_RMDIR_REFUSED, reason, "EACCES")
 
-        if subject.access is not Access.FULL:
-            raise Denied(RC_RMDIR_REFUSED, "Permission denied", "EACCES")
+        _check_access(subject, write=True, rc=RC_RMDIR_REFUSED)
         with self._write():
             parent, name, _parts = self._parent_of(
                 path, subject,
@@ -248,8 +251,7 @@ class SQLiteNamespace:
             entry = self._entry(row, path)
             if not entry.is_dir:
                 raise NotADirectory(RC_RMDIR_REFUSED, "Not a directory", "EACCES")
-            if not _may(parent, subject, 3):
-                raise Denied(RC_RMDIR_REFUSED, "Permission denied", "EACCES")
+            _require(parent, subject, 3, rc=RC_RMDIR_REFUSED)
             if self._one(
                 "SELECT 1 FROM inode WHERE parent = ? LIMIT 1", (entry.ino,)
             ):
@@ -273,8 +275,7 @@ class SQLiteNamespace:
             entry = self._entry(row, join_path(parts))
             if entry.is_dir:
                 raise IsADirectory(RC_IS_DIRECTORY, "Path is a Directory", "EISDIR")
-            if not _may(parent, subject, 3):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+            _require(parent, subject, 3)
             self._run("DELETE FROM inode WHERE ino = ?", (entry.ino,))
             self._touch(parent.ino, self._clock())
         return entry
@@ -284,7 +285,7 @@ class SQLiteNamespace:
         with self._write():
             entry = self._lookup(path, subject)
             if not (subject.superuser or subject.uid == entry.uid):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+                raise _owner_only(entry, subject, "only its owner or uid 0 may chmod it")
             self._run(
                 "UPDATE inode SET mode = ?, ctime = ? WHERE ino = ?",
                 (mode & 0o7777, self._clock(), entry.ino),
@@ -298,7 +299,7 @@ class SQLiteNamespace:
             if not subject.superuser and not (
                 uid == entry.uid == subject.uid and (gid is None or subject.in_group(gid))
             ):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+                raise _owner_only(entry, subject, "only uid 0 may change its owner")
             self._run(
                 "UPDATE inode SET uid = ?, gid = ?, ctime = ? WHERE ino = ?",
                 (uid, entry.gid if gid is None else gid, self._clock(), entry.ino),
@@ -312,7 +313,8 @@ class SQLiteNamespace:
             if not subject.superuser and not (
                 entry.uid == subject.uid and subject.in_group(gid)
             ):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+                raise _owner_only(entry, subject,
+                                  "only its owner, to one of its own groups, or uid 0 may chgrp it")
             self._run(
                 "UPDATE inode SET gid = ?, ctime = ? WHERE ino = ?",
                 (gid, self._clock(), entry.ino),
@@ -338,8 +340,8 @@ class SQLiteNamespace:
                 return entry
             if self._child(dst_parent.ino, dst_name) is not None:
                 raise Exists(RC_FILE_EXISTS, "File exists", "EEXIST")
-            if not (_may(src_parent, subject, 3) and _may(dst_parent, subject, 3)):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+            _require(src_parent, subject, 3)
+            _require(dst_parent, subject, 3)
             if entry.is_dir and dst_parts[: len(src_parts)] == src_parts:
                 raise BadName(
                     RC_INVALID_ARGS, "Cannot move a directory into itself", "EINVAL"
@@ -359,8 +361,7 @@ class SQLiteNamespace:
             raise NotADirectory(
                 RC_NOT_DIRECTORY, "%s is not a directory" % directory.path, "ENOTDIR"
             )
-        if not _may(directory, subject, 4):
-            raise Denied(RC_DENIED, "Permission denied", "EACCES")
+        _require(directory, subject, 4)
         base = directory.path.rstrip("/")
         rows = self._all(
             "SELECT %s FROM inode WHERE parent = ? ORDER BY name" % _COLUMNS,
@@ -372,11 +373,10 @@ class SQLiteNamespace:
         entry = self._lookup(path, subject, rc=RC_NO_ENTRY)
         if not entry.is_file:
             raise IsADirectory(RC_NOT_FILE, "Not a File")
-        if not _may(entry, subject, 4):
-            raise Denied(RC_DENIED, "Permission denied", "EACCES")
+        _require(entry, subject, 4)
         return entry
 
-    def prepare_write(self, path, subject, mode=0o644, replace=False):
+    def prepare_write(self, path, subject, mode=0o644, replace=False, overwrite_hint=None):
         _check_access(subject, write=True)
         parent, name, parts = self._parent_of(
             path, subject,
@@ -390,13 +390,11 @@ class SQLiteNamespace:
             if old.is_dir:
                 raise IsADirectory(RC_NOT_FILE, "Not a File")
             if not replace:
-                raise ReadOnly(RC_NOT_FILE, "File is readOnly")
-            if not _may(old, subject, 2):
-                raise Denied(RC_DENIED, "Permission denied", "EACCES")
+                raise _read_only(old.path, overwrite_hint)
+            _require(old, subject, 2)
             return WriteTicket(old.path, parent.ino, name, old, old.mode, old.uid,
                                old.gid, True)
-        if not _may(parent, subject, 3):
-            raise Denied(RC_DENIED, "Permission denied", "EACCES")
+        _require(parent, subject, 3)
         return WriteTicket(join_path(parts), parent.ino, name, None, mode & 0o7777,
                            subject.uid, subject.gid, replace)
 
@@ -411,7 +409,7 @@ class SQLiteNamespace:
                     raise IsADirectory(RC_NOT_FILE, "Not a File")
                 expected = ticket.old.ino if ticket.old is not None else None
                 if not ticket.replace and current.ino != expected:
-                    raise ReadOnly(RC_NOT_FILE, "File is readOnly")
+                    raise _read_only(ticket.path, None)
                 self._run("DELETE FROM inode WHERE ino = ?", (current.ino,))
             now = self._clock()
             new_ino = self._run(
@@ -515,9 +513,39 @@ class _Transaction:
         return False
 
 
-def _check_access(subject, write):
+def _check_access(subject, write, rc=RC_DENIED):
+    """Refuse what the door's anonymous access level does not allow."""
     if subject.access is Access.NONE or (write and subject.access is not Access.FULL):
-        raise Denied(RC_DENIED, "Permission denied", "EACCES")
+        raise Denied(rc, "Permission denied: this door's anonymous access is %s%s; "
+                     "--anonymous-access sets it" % (
+                         subject.access.value, " (no changes)" if write else ""), "EACCES")
+
+
+_NEEDS = {1: "search", 2: "write", 3: "write and search", 4: "read"}
+
+
+def _who(subject):
+    return "client is uid %d gid %d (anonymous)" % (subject.uid, subject.gid)
+
+
+def _require(entry, subject, bits, rc=RC_DENIED):
+    """Denied, naming the entry's mode and owner and the client, unless _may."""
+    if _may(entry, subject, bits):
+        return
+    raise Denied(rc, "Permission denied: %s is %04o owned by uid %d gid %d, %s, needs %s"
+                 % (entry.path, entry.mode, entry.uid, entry.gid, _who(subject),
+                    _NEEDS[bits]), "EACCES")
+
+
+def _owner_only(entry, subject, rule):
+    return Denied(RC_DENIED, "Permission denied: %s is owned by uid %d, %s; %s"
+                  % (entry.path, entry.uid, _who(subject), rule), "EACCES")
+
+
+def _read_only(path, hint):
+    """An existing file opened for writing without replace: dCache's rc 1 refusal."""
+    text = "File is readOnly: %s exists" % path
+    return ReadOnly(RC_NOT_FILE, text + ("; " + hint if hint else ""))
 
 
 def _may(entry, subject, bits):

@@ -95,9 +95,11 @@ def test_permissions_follow_the_clients_uid(pool):
     put(pool, "/home/secret", b"s", mode=0o600, uid=100, gid=100)
     other = Client(pool, uid=200, gid=200, access=Access.FULL)
     assert other.ask('1 0 client open "%s" r h 1 -uid=200' % url("/home/secret")) == \
-        '1 0 client failed 19 "Permission denied" EACCES'
+        '1 0 client failed 19 "Permission denied: /home/secret is 0600 owned by uid 100 gid 100,' \
+        ' client is uid 200 gid 200 (anonymous), needs read" EACCES'
     assert other.ask('2 0 client unlink "%s" -uid=200' % url("/home/secret")) == \
-        '2 0 client failed 19 "Permission denied" EACCES'
+        '2 0 client failed 19 "Permission denied: /home is 0755 owned by uid 0 gid 0,' \
+        ' client is uid 200 gid 200 (anonymous), needs write and search" EACCES'
     assert other.ask('3 0 client chmod "%s" -mode=511 -uid=200' % url("/home/secret")).startswith(
         '3 0 client failed 19 ')
 
@@ -126,7 +128,8 @@ def test_open_failures(pool):
         '1 0 client failed 2 "No such file or directory" ENOENT'
     assert c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/d")) == '2 0 client failed 1 "Not a File"'
     assert c.ask('3 0 client open "%s" w -truncate h 1 -uid=0' % url("/d/f")) == \
-        '3 0 client failed 1 "File is readOnly"'
+        '3 0 client failed 1 "File is readOnly: /d/f exists; this door does not overwrite files' \
+        ' (its --allow-truncate option allows it)"'
 
 
 def test_check_and_stage(pool):
@@ -251,6 +254,14 @@ def test_rw_open_modifies_in_place_when_truncation_is_allowed(pool):
     assert c.transport.value() == b"2 0 client ok\n"
     with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
         assert f.read() == b"01ab456789"
+
+
+def test_a_refused_overwrite_says_what_would_allow_it(pool):
+    put(pool, "/f", b"old")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    assert c.ask('1 0 client open "%s" w h 1 -uid=0' % url("/f")) == \
+        '1 0 client failed 1 "File is readOnly: /f exists; the client did not ask to truncate' \
+        ' (-truncate)"'
 
 
 def test_control_eof_kills_the_mover_and_discards_the_write(pool):

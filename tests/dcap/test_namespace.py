@@ -228,8 +228,8 @@ def test_write_ticket_policy(ns):
     ns.mkdir("/d", ROOT)
     make_file(ns, "/f")
     with pytest.raises(DcapError) as e:
-        ns.prepare_write("/f", ROOT)
-    assert reply(e) == '1 "File is readOnly"'
+        ns.prepare_write("/f", ROOT, overwrite_hint="ask to truncate")
+    assert reply(e) == '1 "File is readOnly: /f exists; ask to truncate"'
     with pytest.raises(DcapError) as e:
         ns.prepare_write("/d", ROOT, replace=True)
     assert reply(e) == '1 "Not a File"'
@@ -256,7 +256,7 @@ def test_concurrent_create_without_replace_loses_at_commit(ns):
     ns.commit_write(a, 1, 1, "pool1", lambda pnfsid: None)
     with pytest.raises(DcapError) as e:
         ns.commit_write(b, 2, 2, "pool1", lambda pnfsid: None)
-    assert reply(e) == '1 "File is readOnly"'
+    assert reply(e) == '1 "File is readOnly: /f exists"'
     assert ns.lookup("/f", ROOT).size == 1
 
 
@@ -350,3 +350,24 @@ def test_opens_a_namespace_made_before_the_staging_column(tmp_path):
     entry = ns.lookup("/kept", ROOT)
     assert entry.size == 3 and entry.staging is None
     ns.close()
+
+
+def test_refusals_name_whose_entry_which_mode_and_the_fix(ns):
+    ns.mkdir("/home", ROOT, 0o750)
+    make_file(ns, "/home/f", mode=0o640)
+    with pytest.raises(Denied) as e:
+        ns.lookup("/home/f", BOB)
+    assert reply(e) == ('19 "Permission denied: /home is 0750 owned by uid 0 gid 0, client is'
+                        ' uid 2000 gid 200 (anonymous), needs search" EACCES')
+    with pytest.raises(Denied) as e:
+        ns.chmod("/home", ALICE, 0o777)
+    assert reply(e) == ('19 "Permission denied: /home is owned by uid 0, client is uid 1000 gid 100'
+                        ' (anonymous); only its owner or uid 0 may chmod it" EACCES')
+    readonly = Subject(0, 0, Access.READONLY)
+    with pytest.raises(Denied) as e:
+        ns.mkdir("/x", readonly)
+    assert reply(e) == ('19 "Permission denied: this door\'s anonymous access is READONLY'
+                        ' (no changes); --anonymous-access sets it" EACCES')
+    with pytest.raises(Denied) as e:
+        ns.rmdir("/home", readonly)
+    assert e.value.rc == 23 and "READONLY" in e.value.message

@@ -81,7 +81,7 @@ def test_existing_file_without_replace_is_readonly(pool):
     write(pool, "/pnfs/f", b"x")
     with pytest.raises(DcapError) as e:
         pool.open_write("/pnfs/f", ROOT)
-    assert failed_args(e.value) == '1 "File is readOnly"'
+    assert failed_args(e.value) == '1 "File is readOnly: /pnfs/f exists"'
 
 
 def test_size_mismatch_fails_and_discards(pool):
