@@ -12,10 +12,12 @@ from twisted.python import usage
 from distcache import address
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
-from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
+from distcache.dcap.door import DoorFactory, host_port
+from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
+from distcache.dcap.workers import INLINE as INLINE_WORKERS
 
 log = Logger()
 
@@ -39,6 +41,9 @@ class Options(PolicyOptions):
                                      "(for NAT); default: the address the client reached the door on."],
         ["client-version", None, None, "Accepted client versions, min[:max], e.g. 2.47:2.47.99; "
                                        "other clients are disconnected after hello."],
+        ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
+         "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
+         "clients still connected that it shuts down.", float],
     ]
     optFlags = [
         ["allow-truncate", None, "Let clients overwrite existing files (the client's -truncate)."],
@@ -63,6 +68,8 @@ class Options(PolicyOptions):
                 parse_version_range(self["client-version"])
             except ValueError:
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
+        if self["shutdown-grace"] < 0:
+            raise usage.UsageError("--shutdown-grace must not be negative")
         self["policy"] = policy_from_options(self)
 
 
@@ -76,6 +83,7 @@ def door_config(options) -> DoorConfig:
         connect_host=options["connect-host"],
         client_version_min=low,
         client_version_max=high,
+        shutdown_grace=float(options["shutdown-grace"]),
     )
 
 
@@ -86,8 +94,10 @@ class DoorService(ConfiguredService):
 
     runtime = ("pool", "factory", "workers")
 
-    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
+    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
+                 storage_threads=True):
         super().__init__(reactor)
+        self.storage_threads = storage_threads  # False: storage work inline (step-by-step tests)
         self.listen = listen
         self.root = root
         self.config = config
@@ -110,9 +120,8 @@ class DoorService(ConfiguredService):
         from distcache.dcap.pool import open_pool
         from distcache.dcap.workers import ThreadWorkers
         root = os.path.abspath(self.root)
-        # first child, so it stops last: requests still running finish their storage work
-        self.workers = ThreadWorkers(reactor)
-        self.workers.setServiceParent(self)
+        # not a child: it stops only after the sessions' grace, with the storage
+        self.workers = ThreadWorkers(reactor) if self.storage_threads else INLINE_WORKERS
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
                               workers=self.workers)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
@@ -123,20 +132,38 @@ class DoorService(ConfiguredService):
 
     def startService(self):
         super().startService()
+        if self.workers is not INLINE_WORKERS:
+            self.workers.startService()
         self.factory.policy.start()
-        log.info("DCAP door listening on {address}, root {root}", address=self.port.getHost(),
+        log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
                  root=os.path.abspath(self.root))
 
     def stopService(self):
+        """Stop gently: listeners first, then sessions (within the grace), then storage.
+
+        The namespace closes only once every control connection is gone, so
+        a session still running during the grace can still stat and commit.
+        """
+        factory, pool, workers = self.factory, self.pool, self.workers
         d = super().stopService()
-        if self.factory is not None:
-            self.factory.policy.stop()
-        if self.pool is not None:
-            self.pool.engine.close()  # the database worker has stopped with its service
-        for child in list(self):
-            child.disownServiceParent()
-        self.factory = self.pool = self.workers = None
-        self.built = False
+        if factory is not None:
+            d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
+
+        def closed(_):
+            if factory is not None:
+                factory.policy.stop()
+            if workers is not None and workers is not INLINE_WORKERS and workers.running:
+                workers.stopService()  # waits for storage work still running
+            if pool is not None:
+                pool.engine.close()
+            for child in list(self):
+                child.disownServiceParent()
+            if self.factory is factory:
+                self.factory = self.pool = self.workers = None
+                self.built = False
+            log.info("DCAP door stopped")
+
+        d.addCallback(closed)
         return d
 
 

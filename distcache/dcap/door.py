@@ -1,109 +1,82 @@
-"""The DCAP door: control connections, sessions, and the movers they start.
+"""The DCAP door: control connections, their requests, and the movers they start.
 
-A `DoorProtocol` speaks the control lines of `control.py` with one client;
-each request line is a session.  Namespace requests are answered at once;
-an `open` (or `opendir`) keeps its session alive until its mover has
-finished, so several sessions run side by side on one connection.  When
-the control connection ends, every mover it started is killed and any
-partial write is discarded.
+A `DoorProtocol` speaks the control lines of `control.py` with one client.
+Namespace requests are answered at once when the store answers at once;
+any request still going on (an ``open`` or ``opendir`` until its mover is
+done, or a store answer that comes later) is a `Session`, whose life is the
+state machine in `session.py`.  Several sessions run side by side on one
+connection.  When the control connection ends, every session on it ends:
+movers are killed, partial writes discarded, pending waits cancelled.
+
+A stopping door (`DoorFactory.drain`) refuses new opens, lets running
+transfers finish for a grace period, then tells the clients still connected
+``0 0 server shutdown`` and closes their connections.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import itertools
 from io import BytesIO
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, Optional, Set
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.protocols.basic import LineOnlyReceiver
 
 from distcache.dcap import control
 from distcache.dcap.control import BadURL, ProtocolError, Request
+from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.errors import (
     RC_BAD_COMMAND, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
-    RC_TIMEOUT, DcapError, TransferError,
+    DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
 from distcache.dcap.mover import (
     DataChannel, PassiveMoverFactory, Transfer,
     connect_to_client, new_challenge,
 )
-from distcache.dcap.namespace import Access, Subject, listing_text
+from distcache.dcap.namespace import Subject, listing_text
+from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
 
 log = Logger()
 
-
-@dataclass
-class DoorConfig:
-    """The door's settings: plain data, so a service holding it can be pickled."""
-
-    access: Access = Access.READONLY
-    allow_truncate: bool = False
-    connect_back: bool = False
-    connect_host: Optional[str] = None
-    client_version_min: Tuple[int, ...] = ()
-    client_version_max: Tuple[int, ...] = ()
+#: The line libdcap reads as "this door is going away" (any session id).
+SHUTDOWN_LINE = b"0 0 server shutdown\n"
 
 
-def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """`min[:max]` with dotted versions (e.g. `2.47:2.47.99`) as tuples."""
-    low, _, high = text.partition(":")
-
-    def version(part: str) -> Tuple[int, ...]:
-        part = part.strip()
-        if not part:
-            return ()
-        return tuple(int(x) for x in part.split("."))
-
-    return version(low), version(high)
-
-
-@dataclass
-class Session:
-    """One live request on a control connection (an open or opendir).
-
-    `watch` puts an open under its openTimeout (None when none is
-    enforced): the door's keep-alive pass calls `DoorProtocol.expire_session`
-    for an open still waiting at its deadline and `interrupt_read` for a
-    read still flowing then.
-    """
-
-    sid: int
-    cid: int
-    command: str
-    path: str
-    watch: object = None
-    transfer: Optional[Transfer] = None
-    listener: object = None
-    started: bool = False
-    options: Dict[str, Optional[str]] = field(default_factory=dict)
+def host_port(address) -> str:
+    """An address as host:port for the log."""
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    return "[%s]:%s" % (host, address.port) if ":" in host else "%s:%s" % (host, address.port)
 
 
 class DoorProtocol(LineOnlyReceiver):
-    """One client's control connection."""
+    """One client's control connection: framing, dispatch and the verbs."""
 
     delimiter = b"\n"
     MAX_LENGTH = 65536
 
     def __init__(self):
         self.sessions: Dict[int, Session] = {}
-        self.waiting: Set[int] = set()  # session ids whose store answer is pending
         self.welcomed = False
         self.uid = -1
         self.gid = -1
         self.closed = False
+        self.stopping = False  # the door told this client it shuts down
+        self.peer = "?"
 
     @property
     def config(self) -> DoorConfig:
         return self.factory.config
 
     def connectionMade(self):
-        self.peer = self.transport.getPeer()
+        self.peer = host_port(self.transport.getPeer())
+        self.factory.connections.add(self)
         log.info("control connection from {peer}", peer=self.peer)
 
     # -- framing ---------------------------------------------------------
@@ -122,10 +95,10 @@ class DoorProtocol(LineOnlyReceiver):
         try:
             self._dispatch(request)
         except Exception:
-            log.failure("request {command} of session {sid} failed", command=request.command,
-                        sid=request.sid)
-            self._send(control.failed(request.sid, request.cid, RC_INTERNAL,
-                                      "internalError : request failed"))
+            log.failure("request {command} of session {sid} from {peer} failed",
+                        command=request.command, sid=request.sid, peer=self.peer)
+            self.send(control.failed(request.sid, request.cid, RC_INTERNAL,
+                                     "internalError : request failed"))
 
     def _violation(self, reason: str):
         log.warn("protocol violation from {peer}: {reason}", peer=self.peer, reason=reason)
@@ -133,9 +106,15 @@ class DoorProtocol(LineOnlyReceiver):
         self.closed = True
         self.transport.loseConnection()
 
-    def _send(self, line: bytes):
+    def send(self, line: bytes):
+        """Write a reply line while the connection is open."""
         if not self.closed and self.transport is not None:
             self.transport.write(line)
+
+    def session_ended(self, session: Session):
+        """A session is done: its id may be used again."""
+        self.sessions.pop(session.sid, None)
+        self.factory.session_ended()
 
     # -- dispatch ----------------------------------------------------------
 
@@ -148,12 +127,12 @@ class DoorProtocol(LineOnlyReceiver):
             return
         handler = getattr(self, "do_" + r.command, None) if r.command.isalpha() else None
         if handler is None:
-            self._send(control.failed(r.sid, r.cid, RC_BAD_COMMAND,
-                                      "protocolViolation : Invalid command '%s'" % (r.command,)))
+            self.send(control.failed(r.sid, r.cid, RC_BAD_COMMAND,
+                                     "protocolViolation : Invalid command '%s'" % (r.command,)))
             return
-        if r.command not in ("ping", "byebye", "status") and (r.sid in self.sessions or r.sid in self.waiting):
-            self._send(control.failed(r.sid, r.cid, RC_INTERNAL,
-                                      "internalError : Duplicated session id"))
+        if r.command not in ("ping", "byebye", "status") and r.sid in self.sessions:
+            self.send(control.failed(r.sid, r.cid, RC_INTERNAL,
+                                     "internalError : Duplicated session id"))
             return
         try:
             result = handler(r)
@@ -164,24 +143,23 @@ class DoorProtocol(LineOnlyReceiver):
             self._fail(r, RC_INVALID_ARGS, "Invalid path: %s" % (e,), "EINVAL")
             return
         if isinstance(result, defer.Deferred):
-            # a store that answers later: keep the id taken until it has
-            self.waiting.add(r.sid)
-            result.addErrback(self._late_failure, r)
-            result.addBoth(lambda _: self.waiting.discard(r.sid))
+            # a store that answers later: the request is a session until it has
+            session = self._session(r, r.command)
+            session.pending = result
+            result.addCallbacks(lambda _: session.answered(), session.error)
 
-    def _late_failure(self, failure, r: Request):
-        if failure.check(DcapError):
-            e = failure.value
-            self._fail(r, e.rc, e.message, e.posix)
-        else:
-            log.failure("request {command} of session {sid} failed", failure,
-                        command=r.command, sid=r.sid)
-            self._send(control.failed(r.sid, r.cid, RC_INTERNAL, "internalError : request failed"))
+    def _session(self, r: Request, command: str, path: str = "", tid: Optional[int] = None,
+                 answers: bool = True) -> Session:
+        session = Session(self, r.sid, r.cid, command, path, tid=tid, answers=answers)
+        session.request = r
+        session.options = dict(r.options)
+        self.sessions[r.sid] = session
+        return session
 
     def _fail(self, r: Request, rc: int, message: str, posix: Optional[str] = None):
-        log.info("session {sid} {command} failed: {rc} {message}", sid=r.sid, command=r.command,
-                 rc=rc, message=message)
-        self._send(control.failed(r.sid, r.cid, rc, message, posix))
+        log.info("request {sid} {command} from {peer} failed: {rc} {message}", sid=r.sid,
+                 command=r.command, peer=self.peer, rc=rc, message=message)
+        self.send(control.failed(r.sid, r.cid, rc, message, posix))
 
     def subject(self, r: Request) -> Subject:
         uid = r.int_option("uid", self.uid)
@@ -211,24 +189,24 @@ class DoorProtocol(LineOnlyReceiver):
         self.uid = r.int_option("uid", -1)
         self.gid = r.int_option("gid", -1)
         self.welcomed = True
-        self._send(control.welcome(major, minor))
+        self.send(control.welcome(major, minor))
 
     def do_ping(self, r: Request):
-        self._send(control.pong(r.sid, r.cid))
+        self.send(control.pong(r.sid, r.cid))
 
     def do_byebye(self, r: Request):
-        self._send(control.byebye(r.sid, r.cid))
+        self.send(control.byebye(r.sid, r.cid))
         self.closed = True
         self.transport.loseConnection()
 
     def do_status(self, r: Request):
-        self._send(control.ok(r.sid, r.cid))
+        self.send(control.ok(r.sid, r.cid))
 
     # -- namespace requests ---------------------------------------------
 
     def do_stat(self, r: Request):
         def reply(e):
-            self._send(control.stat_reply(
+            self.send(control.stat_reply(
                 r.sid, r.cid, size=e.size, uid=e.uid, gid=e.gid, atime=e.atime, mtime=e.mtime,
                 ctime=e.ctime, kind="dir" if e.is_dir else "file", mode=e.mode, ino=e.ino,
                 nlink=2 if e.is_dir else 1))
@@ -306,7 +284,7 @@ class DoorProtocol(LineOnlyReceiver):
         return _then(result, lambda _: self._ok(r))
 
     def _ok(self, r: Request):
-        self._send(control.ok(r.sid, r.cid))
+        self.send(control.ok(r.sid, r.cid))
 
     # -- transfers -------------------------------------------------------
 
@@ -314,31 +292,37 @@ class DoorProtocol(LineOnlyReceiver):
         path = self.path(r)
         if len(r.args) < 2 or r.args[1] not in ("r", "w", "rw"):
             raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
+        if self.factory.stopping:
+            raise DcapError(RC_INTERNAL, "Door is shutting down")
         mode = r.args[1]
         subject = self.subject(r)
         pool = self.factory.pool
-        session = Session(r.sid, r.cid, "open", path, options=dict(r.options))
-        log.info("session {sid} open {mode} {path} {options}", sid=r.sid, mode=mode, path=path,
+        tid = self.factory.new_transfer_id()
+        session = self._session(r, "open", path, tid=tid)
+        log.info("transfer {tid}: open {mode} {path} {options} (session {sid} from {peer})",
+                 tid=tid, mode=mode, path=path, peer=self.peer, sid=r.sid,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
+        session.watch = self.factory.policy.watch_open(
+            tid, r.option("timeout"), session.deadline_waiting, session.deadline_reading)
+        passive = "passive" in r.options or not self.config.connect_back
         if mode == "r":
-            return _then(self.factory.namespace.open_read(path, subject),
-                         lambda entry: self._open_readable(r, session, entry))
+            session.follow(lambda: self.factory.namespace.open_read(path, subject),
+                           lambda entry: self._readable(session, entry, passive))
+            return
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
-        return _then(pool.open_write(path, subject, create_mode, replace=replace,
-                                     copy_existing=(mode == "rw"),
-                                     overwrite_hint=self._overwrite_hint(r)),
-                     lambda upload: self._open_writable(r, session, mode, path, upload))
 
-    def _open_writable(self, r: Request, session: Session, mode: str, path: str, upload):
-        if self.closed:
-            upload.abort()
-            return
-        size = upload.old.size if (mode == "rw" and upload.old is not None) else 0
-        transfer = Transfer(r.sid, upload=upload, size=size, label="%s %s" % (mode, path))
-        self._watch(r, session)
-        self.sessions[r.sid] = session
-        self._start_mover(r, session, transfer)
+        def upload():
+            return pool.open_write(path, subject, create_mode, replace=replace,
+                                   copy_existing=(mode == "rw"),
+                                   overwrite_hint=self._overwrite_hint(r))
+
+        def start(up):
+            size = up.old.size if (mode == "rw" and up.old is not None) else 0
+            session.ready(self._transfer(session, upload=up, size=size,
+                                         label="%s %s" % (mode, path)), passive)
+
+        session.follow(upload, start)
 
     def _overwrite_hint(self, r: Request) -> str:
         """How a client whose write onto an existing file was refused can overwrite it."""
@@ -346,185 +330,126 @@ class DoorProtocol(LineOnlyReceiver):
             return "this door does not overwrite files (its --allow-truncate option allows it)"
         return "the client did not ask to truncate (-truncate)"
 
-    def _watch(self, r: Request, session: Session):
-        """Put an accepted open under its openTimeout (client's -timeout first)."""
-        session.watch = self.factory.policy.watch_open(
-            r.sid, r.option("timeout"),
-            lambda: self.expire_session(r.sid),
-            lambda: self.interrupt_read(r.sid))
-
-    def _open_readable(self, r: Request, session: Session, entry):
-        """The client may read entry: start its mover, staging it first if needed."""
-        self._watch(r, session)
-        self.sessions[r.sid] = session
-        if self.factory.pool.is_cached(entry):
-            try:
-                self._open_read(r, session, entry)
-            except Exception:
-                self._open_failed(Failure(), r, session)
-        else:
-            d = self.factory.pool.stage(entry)
-            d.addCallback(lambda fresh: self._open_read(r, session, fresh))
-            d.addErrback(self._open_failed, r, session)
-
-    def _open_read(self, r: Request, session: Session, entry):
-        if self.sessions.get(r.sid) is not session:
+    def _readable(self, session: Session, entry, passive: bool):
+        """The client may read entry: start its mover, staging the file first if needed."""
+        pool = self.factory.pool
+        if pool.is_cached(entry):
+            self._read(session, entry, passive)
             return
+        wait = pool.stage(entry)
+        session.stage(wait)
+        wait.addCallback(lambda fresh: self._read(session, fresh, passive))
+        wait.addErrback(session.error)
+
+    def _read(self, session: Session, entry, passive: bool):
         source = self.factory.pool.open_read(entry)
-        transfer = Transfer(r.sid, source=source, size=entry.size, label="r %s" % (entry.path,))
-        self._start_mover(r, session, transfer)
+        session.ready(self._transfer(session, source=source, size=entry.size,
+                                     label="r %s" % (entry.path,)), passive)
 
-    def _open_failed(self, failure, r: Request, session: Session):
-        if session.watch is not None:
-            session.watch.finished()
-        if self.sessions.get(r.sid) is not session:
-            return None
-        del self.sessions[r.sid]
-        e = failure.value
-        if isinstance(e, DcapError):
-            self._fail(r, e.rc, e.message, e.posix)
-        else:
-            log.failure("open of session {sid} failed", failure, sid=r.sid)
-            self._fail(r, RC_INTERNAL, "internalError : %s" % (e,))
-        return None
-
-    def do_opendir(self, r: Request):
-        path = self.path(r)
-        return _then(self.factory.namespace.listdir(path, self.subject(r)),
-                     lambda entries: self._list(r, path, entries))
-
-    def _list(self, r: Request, path: str, entries):
-        text = listing_text(entries)
-        session = Session(r.sid, r.cid, "opendir", path)
-        self.sessions[r.sid] = session
-        transfer = Transfer(r.sid, source=BytesIO(text), size=len(text), label="list %s" % (path,))
-        self._start_mover(r, session, transfer, passive=True)
-
-    def _start_mover(self, r: Request, session: Session, transfer: Transfer, passive: Optional[bool] = None):
-        session.transfer = transfer
+    def _transfer(self, session: Session, label: str, **what) -> Transfer:
+        transfer = Transfer(session.sid, label="#%d %s" % (session.tid, label), **what)
         policy = self.factory.policy
         transfer.policy = policy
         transfer.buffers = policy.buffers_for_open(session.options)
         transfer.block_size = transfer.buffers.io
         transfer.watch = session.watch
-        transfer.finished.addCallback(self._transfer_finished, r, session)
-        if passive is None:
-            passive = "passive" in r.options or not self.config.connect_back
-        if passive:
-            self._listen(r, session, transfer)
-        else:
-            self._connect_back(r, session, transfer)
+        return transfer
 
-    def _listen(self, r: Request, session: Session, transfer: Transfer):
+    def do_opendir(self, r: Request):
+        path = self.path(r)
+        tid = self.factory.new_transfer_id()
+        session = self._session(r, "opendir", path, tid=tid, answers=False)
+
+        def listed(entries):
+            text = listing_text(entries)
+            session.ready(self._transfer(session, source=BytesIO(text), size=len(text),
+                                         label="list %s" % (path,)), True)
+
+        session.follow(lambda: self.factory.namespace.listdir(path, self.subject(r)), listed)
+
+    def start_mover(self, session: Session, passive: bool) -> defer.Deferred:
+        """Listen for the mover or connect back to the client.
+
+        The Deferred is the pending step the session cancels when it ends
+        first (a connect-back attempt stops there and then).
+        """
+        if passive:
+            return self._listen(session)
+        return self._connect_back(session)
+
+    def _listen(self, session: Session) -> defer.Deferred:
+        transfer = session.transfer
         challenge = new_challenge()
         local = self.transport.getHost().host
         interface = "" if self.config.connect_host else local
         host = self.config.connect_host or local
-
-        def accepted():
-            session.started = True
-            self._close_listener(session)
-
-        factory = PassiveMoverFactory(transfer, challenge, accepted)
+        factory = PassiveMoverFactory(transfer, challenge, session.mover_connected)
         d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
 
         def listening(port):
-            if transfer.finished.called:
-                port.stopListening()
-                return
-            session.listener = port
-            self._send(control.connect(r.sid, r.cid, host, port.getHost().port, challenge))
+            session.listening(port, control.connect(session.sid, session.cid, host,
+                                                    port.getHost().port, challenge))
 
         def failed(f):
+            if f.check(defer.CancelledError):
+                return
             if f.check(PortRangeExhausted):
-                log.warn("session {sid}: {error}", sid=r.sid, error=f.getErrorMessage())
+                log.warn("transfer {tid}: {error}", tid=session.tid, error=f.getErrorMessage())
             else:
-                log.failure("cannot listen for the mover of session {sid}", f, sid=r.sid)
-            transfer.finish(TransferError(RC_INTERNAL, "cannot open a data port: %s" % (f.getErrorMessage(),)))
+                log.failure("transfer {tid}: cannot listen for the mover", f, tid=session.tid)
+            session.failed(TransferError(RC_INTERNAL, "cannot open a data port: %s"
+                                         % (f.getErrorMessage(),)))
 
         d.addCallbacks(listening, failed)
+        return d
 
-    def _connect_back(self, r: Request, session: Session, transfer: Transfer):
+    def _connect_back(self, session: Session) -> Optional[defer.Deferred]:
+        r = session.request
         host = r.args[2] if len(r.args) > 2 else ""
         try:
             port = int(r.args[3])
         except (IndexError, ValueError):
-            transfer.finish(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
-            return
+            session.failed(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
+            return None
         if not _is_ip(host):
-            host = self.peer.host
-        channel = DataChannel(transfer=transfer)
+            host = self.transport.getPeer().host
+        channel = DataChannel(transfer=session.transfer)
         d = connect_to_client(self.factory.reactor, host, port, channel)
 
         def connected(_):
-            session.started = True
-            log.info("mover of session {sid} connected back to {host}:{port}", sid=r.sid, host=host, port=port)
+            log.info("transfer {tid}: mover connected back to {host}:{port}", tid=session.tid,
+                     host=host, port=port)
+            session.mover_connected()
 
         def failed(f):
-            transfer.finish(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
-                                          % (host, port, f.getErrorMessage())))
+            if f.check(defer.CancelledError):
+                return
+            session.failed(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
+                                         % (host, port, f.getErrorMessage())))
 
         d.addCallbacks(connected, failed)
-
-    def _transfer_finished(self, error: Optional[TransferError], r: Request, session: Session):
-        self._close_listener(session)
-        if session.watch is not None:
-            session.watch.finished()
-        if self.sessions.get(r.sid) is not session:
-            return None  # already answered (expired, or the connection is gone)
-        del self.sessions[r.sid]
-        if session.command == "opendir":
-            return None
-        if error is None:
-            self._ok(r)
-        else:
-            self._fail(r, error.rc, error.message, error.posix)
-        return None
-
-    def _close_listener(self, session: Session):
-        if session.listener is not None:
-            listener, session.listener = session.listener, None
-            listener.stopListening()
-
-    def expire_session(self, sid: int, reason: str = "User timeout canceled session"):
-        """End a session whose deadline passed: `failed 112`, mover killed."""
-        session = self.sessions.get(sid)
-        if session is None:
-            return
-        log.info("session {sid} expired: {reason}", sid=sid, reason=reason)
-        del self.sessions[sid]
-        self._close_listener(session)
-        if session.transfer is not None:
-            session.transfer.kill(reason)
-        self._send(control.failed(sid, session.cid, RC_TIMEOUT, reason))
-
-    def interrupt_read(self, sid: int):
-        """Cut a read still flowing at its open deadline, without a reply.
-
-        The real dccp cannot tell this from a network failure: it pings the
-        door on the same session id, opens the file again and seeks back.
-        A `failed` reply here would make that ping fail and force a new
-        control connection, so the session just ends.
-        """
-        session = self.sessions.pop(sid, None)
-        if session is None:
-            return
-        self._close_listener(session)
-        if session.transfer is not None:
-            session.transfer.kill("open deadline passed during the read")
+        return d
 
     # -- end ---------------------------------------------------------------
 
+    def shut_down(self):
+        """The door is stopping: tell the client, then close the connection."""
+        self.stopping = True
+        self.send(SHUTDOWN_LINE)
+        self.closed = True
+        self.transport.loseConnection()
+
     def connectionLost(self, reason):
         self.closed = True
+        self.factory.connections.discard(self)
+        why = DOOR_STOPPING if self.stopping else CLIENT_GONE
         sessions, self.sessions = self.sessions, {}
         for session in sessions.values():
-            self._close_listener(session)
-            if session.transfer is not None:
-                session.transfer.kill("control connection closed")
+            session.control_lost(why)
         if sessions:
-            log.info("control connection from {peer} closed: {n} session(s) killed",
-                     peer=self.peer, n=len(sessions))
+            log.info("control connection from {peer} closed: {n} session(s) ended ({why})",
+                     peer=self.peer, n=len(sessions), why=why)
+        self.factory.session_ended()
 
 
 def _then(result, fn):
@@ -547,9 +472,13 @@ def _is_ip(host: str) -> bool:
 
 
 class DoorFactory(Factory):
-    """What the control connections of one door share: storage and settings."""
+    """What the control connections of one door share: storage, settings, and its stop."""
 
     protocol = DoorProtocol
+    noisy = False  # the door logs its own start and stop, without object reprs
+
+    #: Seconds closing connections get to flush their last lines before they are cut.
+    CLOSE_WAIT = 5.0
 
     def __init__(self, pool, config: DoorConfig, reactor=None, policy=None):
         if reactor is None:
@@ -560,6 +489,16 @@ class DoorFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
+        self.connections: Set[DoorProtocol] = set()
+        self.stopping = False
+        self._transfer_ids = itertools.count(1)
+        self._grace = None
+        self._cut = None
+        self._closed: Optional[defer.Deferred] = None
+
+    def new_transfer_id(self) -> int:
+        """A number naming one transfer in every log line about it."""
+        return next(self._transfer_ids)
 
     def has_disk_copy(self, entry) -> bool:
         """What `check` asks: does a disk copy of entry exist?
@@ -572,3 +511,61 @@ class DoorFactory(Factory):
     def listen_for_mover(self, interface: str, factory):
         """A listening port for a server-passive mover, inside the port range."""
         return self.policy.listen(self.reactor, interface, factory)
+
+    # -- stopping ------------------------------------------------------------
+
+    def live_sessions(self) -> int:
+        return sum(len(c.sessions) for c in self.connections)
+
+    def drain(self, grace: float) -> defer.Deferred:
+        """Stop gently; fires once every control connection is closed.
+
+        New opens are refused from now on.  Running sessions get ``grace``
+        seconds to end; then (or as soon as none is left) every client still
+        connected is told ``0 0 server shutdown`` and its connection closed,
+        which ends what is still running.
+        """
+        if self._closed is not None:
+            return self._closed
+        self.stopping = True
+        self._closed = defer.Deferred()
+        live = self.live_sessions()
+        if live:
+            log.info("door stopping: refusing new opens; {n} session(s) running get {grace} s to end",
+                     n=live, grace=grace)
+        self._grace = self.reactor.callLater(grace, self._grace_over)
+        self.session_ended()
+        return self._closed
+
+    def session_ended(self):
+        """A session or connection ended: a stopping door may be done waiting."""
+        if not self.stopping or self._closed is None:
+            return
+        if self._grace is not None and self.live_sessions() == 0:
+            self._grace_over()
+        elif self._grace is None and not self.connections and not self._closed.called:
+            if self._cut is not None and self._cut.active():
+                self._cut.cancel()
+            self._closed.callback(None)
+
+    def _grace_over(self):
+        grace, self._grace = self._grace, None
+        if grace is None:
+            return
+        if grace.active():
+            grace.cancel()
+        live = self.live_sessions()
+        if live:
+            log.info("door stopping: grace over, ending {n} session(s)", n=live)
+        if self.connections:
+            log.info("door stopping: telling {n} client(s) it shuts down", n=len(self.connections))
+        for connection in list(self.connections):
+            connection.shut_down()
+        self._cut = self.reactor.callLater(self.CLOSE_WAIT, self._cut_stragglers)
+        self.session_ended()
+
+    def _cut_stragglers(self):
+        self._cut = None
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()

@@ -74,20 +74,20 @@ class OpenWatch:
         self.finished()
         if phase is Phase.WAITING:
             log.info(
-                "session {session}: open deadline passed while waiting",
+                "transfer {session}: open deadline passed while waiting",
                 session=self.session,
             )
             self._on_expired_waiting()
         elif phase is Phase.READING:
             log.info(
-                "session {session}: open deadline passed during a read; "
+                "transfer {session}: open deadline passed during a read; "
                 "interrupting it (the client resumes)",
                 session=self.session,
             )
             self._on_expired_reading()
         elif phase is Phase.WRITING:
             log.info(
-                "session {session}: open deadline passed during a write; "
+                "transfer {session}: open deadline passed during a write; "
                 "the write continues",
                 session=self.session,
             )
@@ -130,7 +130,7 @@ class OpenTimeouts:
             try:
                 w._expire()
             except Exception:
-                log.failure("session {session}: open deadline handling failed",
+                log.failure("transfer {session}: open deadline handling failed",
                             session=w.session)
 
     def start(self):

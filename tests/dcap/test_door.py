@@ -6,7 +6,8 @@ import zlib
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from distcache.dcap.door import DoorConfig, DoorFactory, parse_version_range
+from distcache.dcap.door import DoorFactory
+from distcache.dcap.doorconfig import DoorConfig, parse_version_range
 from distcache.dcap.namespace import Access, ROOT
 from distcache.dcap.pool import open_pool
 
@@ -431,7 +432,8 @@ def test_door_waits_for_a_store_that_answers_later(pool):
     assert out[1] == '2 0 client failed 20 "Directory exists" EEXIST'
     assert out[2] == '3 0 client failed 4 "File is not cached"'
     assert out[3].startswith("4 0 client connect ")
-    assert c.proto.waiting == set()
+    assert list(c.proto.sessions) == [4]  # only the open still waits, for its mover
+    assert c.proto.sessions[4].state() == "awaiting_mover"
     c.send(b'5 0 client opendir "%s" h 1 -uid=0\n' % url("/d").encode())
     c.transport.clear()
     clock.advance(1)

@@ -14,7 +14,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from distcache.dcap import hsm
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.configsource import Setting
-from distcache.dcap.door import DoorConfig, DoorFactory
+from distcache.dcap.door import DoorFactory
+from distcache.dcap.doorconfig import DoorConfig
 from distcache.dcap.namespace import ROOT, Access
 from distcache.dcap.policy import KiB, resolve_policy
 from distcache.dcap.pool import open_pool
