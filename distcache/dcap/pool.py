@@ -29,7 +29,7 @@ from distcache.dcap.errors import (
     NotCached,
     StageFailed,
 )
-from distcache.dcap.sqlite_namespace import open_namespace
+from distcache.dcap.engines import open_engine
 from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
 log = Logger()
@@ -490,9 +490,12 @@ class Pool:
         return then(self.workers.database(self.engine.get, entry.pnfsid), unlink_copy)
 
 
-def open_pool(root, hsm=None, name="pool1", fsync=True, workers=INLINE):
-    """The namespace and pool of the state directory root, as a Pool."""
-    namespace = open_namespace(root)
+def open_pool(root, hsm=None, name="pool1", fsync=True, workers=INLINE, namespace=None):
+    """The pool of the state directory root and its namespace, as a Pool.
+
+    namespace None is the SQLite file in root; a postgresql:// URL the shared one.
+    """
+    namespace = open_engine(namespace, root)
     return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync,
                 workers=workers)
 
