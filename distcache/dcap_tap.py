@@ -5,6 +5,7 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 """
 
 import os
+import socket
 
 from twisted.logger import Logger
 from twisted.python import usage
@@ -36,6 +37,10 @@ class Options(PolicyOptions):
                                       "(tcp:22125) or IP:host:port."],
         ["root", "r", None, "State directory: namespace database and pool data "
                             "(default: $DCAP_ROOT, else var/dcap)."],
+        ["namespace", None, None, "The namespace: sqlite (the file under --root, the default) or a "
+                                  "postgresql:// URL that several door+pool nodes share."],
+        ["pool-name", None, "pool1", "This node's pool name; nodes sharing a PostgreSQL namespace "
+                                     "need different names."],
         ["anonymous-access", None, "READONLY", "What unauthenticated clients may do: NONE, READONLY or FULL."],
         ["connect-host", None, None, "Host name or address the door tells clients to connect to for data "
                                      "(for NAT); default: the address the client reached the door on."],
@@ -63,6 +68,11 @@ class Options(PolicyOptions):
             Access(self["anonymous-access"].upper())
         except ValueError:
             raise usage.UsageError("--anonymous-access must be NONE, READONLY or FULL")
+        from distcache.dcap.engines import check_spec
+        try:
+            check_spec(self["namespace"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         if self["client-version"]:
             try:
                 parse_version_range(self["client-version"])
@@ -92,11 +102,14 @@ class DoorService(ConfiguredService):
 
     program = "dcap-door"
 
-    runtime = ("pool", "factory", "workers")
+    runtime = ("pool", "factory", "workers", "cluster")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
-                 storage_threads=True):
+                 storage_threads=True, namespace=None, pool_name="pool1"):
         super().__init__(reactor)
+        self.namespace = namespace
+        self.pool_name = pool_name
+        self.cluster = None
         self.storage_threads = storage_threads  # False: storage work inline (step-by-step tests)
         self.listen = listen
         self.root = root
@@ -123,9 +136,24 @@ class DoorService(ConfiguredService):
         # not a child: it stops only after the sessions' grace, with the storage
         self.workers = ThreadWorkers(reactor) if self.storage_threads else INLINE_WORKERS
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers)
+                              workers=self.workers, namespace=self.namespace,
+                              name=self.pool_name)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
+
+    def _join_cluster(self, reactor):
+        """With a PostgreSQL namespace: register the pool and serve other doors' opens."""
+        from distcache.dcap.cluster import Cluster
+        from distcache.dcap.engines import is_postgres
+        if not is_postgres(self.namespace):
+            return
+        address = self.port.getHost()
+        host = self.config.connect_host or (
+            address.host if address.host not in ("0.0.0.0", "::") else socket.getfqdn())
+        self.cluster = Cluster(self.namespace, self.pool, self.factory, self.workers, reactor,
+                               host, address.port)
+        self.factory.cluster = self.cluster
+        self.cluster.start()
 
     def build(self, reactor):
         Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
@@ -135,6 +163,7 @@ class DoorService(ConfiguredService):
         if self.workers is not INLINE_WORKERS:
             self.workers.startService()
         self.factory.policy.start()
+        self._join_cluster(self.reactor)
         log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
                  root=os.path.abspath(self.root))
 
@@ -144,7 +173,7 @@ class DoorService(ConfiguredService):
         The namespace closes only once every control connection is gone, so
         a session still running during the grace can still stat and commit.
         """
-        factory, pool, workers = self.factory, self.pool, self.workers
+        factory, pool, workers, cluster = self.factory, self.pool, self.workers, self.cluster
         d = super().stopService()
         if factory is not None:
             d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
@@ -152,6 +181,8 @@ class DoorService(ConfiguredService):
         def closed(_):
             if factory is not None:
                 factory.policy.stop()
+            if cluster is not None:
+                cluster.stop()
             if workers is not None and workers is not INLINE_WORKERS and workers.running:
                 workers.stopService()  # waits for storage work still running
             if pool is not None:
@@ -159,7 +190,7 @@ class DoorService(ConfiguredService):
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
-                self.factory = self.pool = self.workers = None
+                self.factory = self.pool = self.workers = self.cluster = None
                 self.built = False
             log.info("DCAP door stopped")
 
@@ -169,4 +200,5 @@ class DoorService(ConfiguredService):
 
 def makeService(options):
     return DoorService(options["listen"], options["root"], door_config(options),
-                       fsync=not options["no-fsync"], policy=options.get("policy"))
+                       fsync=not options["no-fsync"], policy=options.get("policy"),
+                       namespace=options["namespace"], pool_name=options["pool-name"])

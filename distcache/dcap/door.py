@@ -305,12 +305,23 @@ class DoorProtocol(LineOnlyReceiver):
         session.watch = self.factory.policy.watch_open(
             tid, r.option("timeout"), session.deadline_waiting, session.deadline_reading)
         passive = "passive" in r.options or not self.config.connect_back
+        cluster = self.factory.cluster
         if mode == "r":
-            session.follow(lambda: self.factory.namespace.open_read(path, subject),
-                           lambda entry: self._readable(session, entry, passive))
+            def readable(entry):
+                if cluster is not None and not cluster.is_local(entry.pool):
+                    session.ready(cluster.remote_open(session, entry.pool, "r", entry.path,
+                                                      subject), True)
+                else:
+                    self._readable(session, entry, passive)
+            session.follow(lambda: self.factory.namespace.open_read(path, subject), readable)
             return
         create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
+        target = cluster.pool_for_new() if cluster is not None and mode == "w" else None
+        if target is not None and not cluster.is_local(target):
+            session.ready(cluster.remote_open(session, target, mode, path, subject, create_mode,
+                                              replace, self._overwrite_hint(r)), True)
+            return
 
         def upload():
             return pool.open_write(path, subject, create_mode, replace=replace,
@@ -373,6 +384,8 @@ class DoorProtocol(LineOnlyReceiver):
         The Deferred is the pending step the session cancels when it ends
         first (a connect-back attempt stops there and then).
         """
+        if getattr(session.transfer, "remote", False):
+            return session.transfer.start(session)  # another node's pool serves it (cluster.py)
         if passive:
             return self._listen(session)
         return self._connect_back(session)
@@ -489,6 +502,8 @@ class DoorFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
+        #: Door+pool nodes sharing a PostgreSQL namespace (cluster.Cluster), or None.
+        self.cluster = None
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False
         self._transfer_ids = itertools.count(1)
