@@ -9,11 +9,15 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener, SocketOwnership
+from distcache.memcache_relay import RelayStore, relay_stats
+from distcache.memcache_server import MemcacheFactory
+from distcache.metrics import ClientCollector, metrics_listener, registry_of
 from distcache.proxy import LocalFactory
+from distcache.server_tap import SocketOptions, checked, positive_int
 from distcache.upstream import ReportingEndpoint, ServerLink, UpstreamFactory
-from distcache.server_tap import SocketOptions, positive_int
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"
 
@@ -27,6 +31,9 @@ def checked_address(option: str, text: str) -> str:
 
 
 class Options(SocketOptions):
+
+    program = "dc_client"
+    opt_version = opt_version
     synopsis = "--server ADDR [--listen ADDR] [--retry MS] [--idle MS]"
     longdesc = ("The distcache client proxy: local clients share one persistent connection "
                 "to dc_server.  ADDR is UNIX:/path, IP:host:port, IP:port, IPv6:[host]:port "
@@ -37,7 +44,16 @@ class Options(SocketOptions):
         ["server", None, None, "Address of dc_server (required)."],
         ["retry", None, "5000", "Milliseconds between attempts to reach the server."],
         ["idle", None, "0", "Close local connections idle this many milliseconds (0: never)."],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["memcache-listen"] = []
+
+    def opt_memcache_listen(self, addr: str) -> None:
+        """Address to answer the memcached text protocol on, relayed upstream (repeatable)."""
+        self["memcache-listen"].append(checked(addr, "--memcache-listen"))
 
     def opt_connect(self, addr: str) -> None:
         """Same as --server."""
@@ -50,6 +66,8 @@ class Options(SocketOptions):
         checked_address("listen", self["listen"])
         self["retry"] = positive_int("retry", self["retry"])
         self["idle"] = positive_int("idle", self["idle"], minimum=0)
+        if self["metrics"] is not None:
+            checked_address("metrics", self["metrics"])
         self["ownership"] = self.ownership()
 
 
@@ -75,22 +93,39 @@ class ClientProxyService(ConfiguredService):
     program = "dc_client"
 
     log = Logger()
-    runtime = ("link",)
+    runtime = ("link", "relay")
 
     def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
-                 ownership: SocketOwnership = SocketOwnership(), reactor=None):
+                 ownership: SocketOwnership = SocketOwnership(), reactor=None,
+                 memcache_listen=(), metrics: Optional[str] = None):
         super().__init__(reactor)
         self.listen = listen
         self.server = server
         self.retry_ms = retry_ms
         self.idle_ms = idle_ms
         self.ownership = ownership
+        self.memcache_listen = list(memcache_listen)
+        self.metrics = metrics
         self.link: Optional[ServerLink] = None
+        self.relay: Optional[RelayStore] = None
+
+    def __setstate__(self, state):
+        state.setdefault("memcache_listen", [])
+        state.setdefault("metrics", None)
+        self.__dict__.update(state)
 
     def build(self, reactor) -> None:
         self.link = ServerLink(clock=reactor, server=self.server)
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
+        self.relay = RelayStore(self.link)
+        memcache = MemcacheFactory(self.relay, reactor, relay_stats(self.link, self.relay))
+        for addr in self.memcache_listen:
+            Listener(addr, memcache, self.ownership, reactor).setServiceParent(self)
+        if self.metrics is not None:
+            registry = registry_of(ClientCollector(self.link, self.relay, memcache))
+            metrics_listener(self.metrics, registry, self.ownership,
+                             reactor).setServiceParent(self)
         retry = self.retry_ms / 1000.0
         endpoint = ReportingEndpoint(
             address.client_endpoint(reactor, address.parse(self.server)), self.link)
@@ -106,4 +141,6 @@ class ClientProxyService(ConfiguredService):
 
 def makeService(options) -> ClientProxyService:
     return ClientProxyService(options["listen"], options["server"], options["retry"],
-                              options["idle"], options["ownership"])
+                              options["idle"], options["ownership"],
+                              memcache_listen=options["memcache-listen"],
+                              metrics=options["metrics"])

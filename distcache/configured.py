@@ -13,9 +13,13 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from distcache import __version__
-from distcache.startup import EXPECTED, as_startup_error, install_excepthook
+from distcache.startup import EXPECTED, Refused, as_startup_error, install_excepthook
 
 log = Logger()
+
+#: the shape of a service's pickled configuration; a pickle of another is refused
+CONFIG_FORMAT = 1
+FORMAT_KEY = "_distcache_config_format"
 
 
 class ConfiguredService(MultiService):
@@ -40,7 +44,20 @@ class ConfiguredService(MultiService):
         state.update(services=[], namedServices={}, built=False, _reactor=None)
         for name in self.runtime:
             state[name] = None
+        state[FORMAT_KEY] = CONFIG_FORMAT
         return state
+
+    def __setstate__(self, state):
+        found = state.get(FORMAT_KEY)
+        if found != CONFIG_FORMAT:
+            raise Refused(
+                f"{self.program}: this pickled configuration has "
+                f"{'no format mark' if found is None else f'format {found!r}'}; "
+                f"distcache-twisted {__version__} reads format {CONFIG_FORMAT}: "
+                f"write the tap file again with dc-mktap")
+        state = dict(state)
+        del state[FORMAT_KEY]
+        self.__dict__.update(state)
 
     @property
     def reactor(self):

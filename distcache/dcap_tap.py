@@ -7,18 +7,20 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 import os
 import socket
 
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
+from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
-from distcache.dcap.workers import INLINE as INLINE_WORKERS
 
 log = Logger()
 
@@ -27,6 +29,9 @@ DEFAULT_LISTEN = "tcp:22125"
 
 class Options(PolicyOptions):
     """Command line of `twistd dcap-door` (policy options: see PolicyOptions)."""
+
+    program = "dcap-door"
+    opt_version = opt_version
 
     synopsis = "[options]"
     longdesc = ("Run a DCAP door and mover that dccp and libdcap clients use unchanged. "
@@ -63,7 +68,7 @@ class Options(PolicyOptions):
         try:
             address.parse(self["listen"])
         except address.AddressError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--listen: {e}")
         try:
             Access(self["anonymous-access"].upper())
         except ValueError:
@@ -105,12 +110,11 @@ class DoorService(ConfiguredService):
     runtime = ("pool", "factory", "workers", "cluster")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
-                 storage_threads=True, namespace=None, pool_name="pool1"):
+                 namespace=None, pool_name="pool1"):
         super().__init__(reactor)
         self.namespace = namespace
         self.pool_name = pool_name
         self.cluster = None
-        self.storage_threads = storage_threads  # False: storage work inline (step-by-step tests)
         self.listen = listen
         self.root = root
         self.config = config
@@ -131,22 +135,24 @@ class DoorService(ConfiguredService):
     def make_factory(self, reactor):
         from distcache.dcap import hsm
         from distcache.dcap.pool import open_pool
-        from distcache.dcap.workers import ThreadWorkers
+        from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
-        # not a child: it stops only after the sessions' grace, with the storage
-        self.workers = ThreadWorkers(reactor) if self.storage_threads else INLINE_WORKERS
+        # Not a child service: the threads must outlive the listeners and the sessions'
+        # grace, so stopService stops them itself, after the sessions are gone.  A
+        # reactor without threads (a test's memory reactor) gets storage work inline.
+        self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers, namespace=self.namespace,
+                              workers=self.workers or INLINE, namespace=self.namespace,
                               name=self.pool_name)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
 
     def _join_cluster(self, reactor):
         """With a PostgreSQL namespace: register the pool and serve other doors' opens."""
-        from distcache.dcap.cluster import Cluster
         from distcache.dcap.engines import is_postgres
-        if not is_postgres(self.namespace):
+        if not is_postgres(self.namespace) or self.workers is None:
             return
+        from distcache.dcap.cluster import Cluster
         address = self.port.getHost()
         host = self.config.connect_host or (
             address.host if address.host not in ("0.0.0.0", "::") else socket.getfqdn())
@@ -159,19 +165,29 @@ class DoorService(ConfiguredService):
         Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
 
     def startService(self):
-        super().startService()
-        if self.workers is not INLINE_WORKERS:
+        self._ensure_built()
+        if self.workers is not None and not self.workers.running:
             self.workers.startService()
+        super().startService()
         self.factory.policy.start()
         self._join_cluster(self.reactor)
-        log.info("DCAP door listening on {address}, root {root}", address=host_port(self.port.getHost()),
+        host = self.port.getHost()
+        log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
+        warning = port_warning(getattr(host, "port", None))
+        if warning:
+            log.warn("{warning}", warning=warning)
 
     def stopService(self):
         """Stop gently: listeners first, then sessions (within the grace), then storage.
 
         The namespace closes only once every control connection is gone, so
-        a session still running during the grace can still stat and commit.
+        a session still running during the grace can still stat and commit; the
+        storage worker threads, which are not a child service for that reason,
+        stop after the sessions and before the namespace closes.
         """
         factory, pool, workers, cluster = self.factory, self.pool, self.workers, self.cluster
         d = super().stopService()
@@ -183,16 +199,16 @@ class DoorService(ConfiguredService):
                 factory.policy.stop()
             if cluster is not None:
                 cluster.stop()
-            if workers is not None and workers is not INLINE_WORKERS and workers.running:
-                workers.stopService()  # waits for storage work still running
+            stopping = workers.stopService() if workers is not None and workers.running else None
             if pool is not None:
-                pool.engine.close()
+                pool.engine.close()  # the database worker has finished its queue
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
                 self.factory = self.pool = self.workers = self.cluster = None
                 self.built = False
             log.info("DCAP door stopped")
+            return stopping
 
         d.addCallback(closed)
         return d

@@ -35,6 +35,7 @@ Usage: dc_test [options]     where 'options' are from;
   -persistent      (use a persistent connection for all operations)
   -capacity <num>  (the cache holds at most 'num' sessions, 0 = no limit, def: 512)
   -seed <num>      (seed the random choices, to repeat a run)
+  -version         (print the version and exit)
   -<h|help|?>      (display this usage message)
 Every flag may also be written --flag or --flag=value.
 Eg. dc_test -connect UNIX:/tmp/scache -sessions 20 -persistent
@@ -264,8 +265,13 @@ def report(outcome: Outcome, settings: Settings, out: IO[str], err: IO[str]) -> 
 def main(argv: Optional[Sequence[str]] = None, out: IO[str] = None, err: IO[str] = None) -> int:
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-version", "--version") for a in argv):
+        from distcache.version import version_line
+        out.write(version_line("dc_test") + "\n")
+        return 0
     try:
-        settings = parse_args(sys.argv[1:] if argv is None else argv)
+        settings = parse_args(argv)
     except UsageError as e:
         err.write(f"Error, {e}\n\n{USAGE}")
         return 1

@@ -126,6 +126,7 @@ class CacheServerProtocol(Protocol):
         if failure is not None:
             self._store_failed(failure)
         elif error is not None:
+            factory.protocol_errors += 1
             if self._queue:
                 self.state = DRAINING
                 self._fault = str(error)
@@ -223,6 +224,7 @@ class CacheServerFactory(Factory):
     def __init__(self, store, progress: int = 0, clock=None):
         self.store = store
         self.connections = 0
+        self.protocol_errors = 0
         self.activity = ActivityReport(store, progress)
         self._clock = clock
         self._ticker: Optional[LoopingCall] = None

@@ -9,9 +9,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
+from distcache.counting import CountingStore, StoreCounters
 from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
                                  parse_perms)
+from distcache.memcache_server import MemcacheFactory, store_stats
+from distcache.metrics import ServerCollector, metrics_listener, registry_of
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
 
@@ -24,6 +28,15 @@ def positive_int(name: str, text: str, minimum: int = 1) -> int:
     if value < minimum:
         raise usage.UsageError(f"--{name} must be at least {minimum}, not {value}")
     return value
+
+
+def checked(addr: str, flag: str = "--listen") -> str:
+    """The address, or a usage error that names the flag it was given to."""
+    try:
+        address.parse(addr)
+    except address.AddressError as e:
+        raise usage.UsageError(f"{flag}: {e}")
+    return addr
 
 
 class SocketOptions(usage.Options):
@@ -43,6 +56,9 @@ class SocketOptions(usage.Options):
 
 
 class Options(SocketOptions):
+
+    program = "dc_server"
+    opt_version = opt_version
     synopsis = "--listen ADDR [--listen ADDR ...] [--sessions N] [--progress N]"
     longdesc = ("The distcache session cache server.  ADDR is UNIX:/path, IP:host:port, "
                 "IP:port, IPv6:[host]:port or a Twisted endpoint string (unix:, tcp:, tcp6:, "
@@ -50,29 +66,34 @@ class Options(SocketOptions):
 
     optFlags = [
         ["killable", None, "Let SIGUSR1 and SIGUSR2 stop the server cleanly."],
+        ["memcache-flush-all", None, "Let memcache clients run flush_all (refused otherwise)."],
     ]
     optParameters = [
         ["sessions", None, "512", "The most sessions the cache holds."],
         ["progress", None, "0", "Also log the activity line every N operations."],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
     ]
 
     def __init__(self):
         super().__init__()
         self["listen"] = []
+        self["memcache-listen"] = []
 
     def opt_listen(self, addr: str) -> None:
         """Address to listen on (repeatable)."""
-        try:
-            address.parse(addr)
-        except address.AddressError as e:
-            raise usage.UsageError(str(e))
-        self["listen"].append(addr)
+        self["listen"].append(checked(addr))
+
+    def opt_memcache_listen(self, addr: str) -> None:
+        """Address to answer the memcached text protocol on (repeatable)."""
+        self["memcache-listen"].append(checked(addr, "--memcache-listen"))
 
     def postOptions(self) -> None:
         if not self["listen"]:
             raise usage.UsageError("--listen ADDR is required")
         self["sessions"] = positive_int("sessions", self["sessions"])
         self["progress"] = positive_int("progress", self["progress"], minimum=0)
+        if self["metrics"] is not None:
+            checked(self["metrics"], "--metrics")
         self["ownership"] = self.ownership()
 
 
@@ -82,24 +103,47 @@ class CacheServerService(ConfiguredService):
     program = "dc_server"
 
     log = Logger()
-    runtime = ("factory",)
+    runtime = ("factory", "memcache")
 
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
-                 reactor=None):
+                 reactor=None, memcache_listen: List[str] = (), memcache_flush_all: bool = False,
+                 metrics: Optional[str] = None):
         super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
         self.progress = progress
         self.ownership = ownership
         self.killable = killable
+        self.memcache_listen = list(memcache_listen)
+        self.memcache_flush_all = memcache_flush_all
+        self.metrics = metrics
         self.factory: Optional[CacheServerFactory] = None
+        self.memcache: Optional[MemcacheFactory] = None
+
+    def __setstate__(self, state):
+        state.setdefault("memcache_listen", [])
+        state.setdefault("memcache_flush_all", False)
+        state.setdefault("metrics", None)
+        self.__dict__.update(state)
 
     def build(self, reactor) -> None:
-        store = SessionStore(reactor, self.sessions)
+        counters = StoreCounters()
+        store = CountingStore(SessionStore(reactor, self.sessions), counters)
         self.factory = CacheServerFactory(store, self.progress, clock=reactor)
+        self.factory.counters = counters
         for addr in self.listen:
             Listener(addr, self.factory, self.ownership, reactor).setServiceParent(self)
+        factory = self.factory
+        self.memcache = MemcacheFactory(
+            store, reactor, store_stats(store.store, counters, lambda: factory.connections),
+            allow_flush=self.memcache_flush_all)
+        for addr in self.memcache_listen:
+            Listener(addr, self.memcache, self.ownership, reactor).setServiceParent(self)
+        if self.metrics is not None:
+            registry = registry_of(ServerCollector(factory, store.store, counters, self.memcache))
+            metrics_listener(self.metrics, registry, self.ownership,
+                             reactor).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
@@ -119,4 +163,7 @@ class CacheServerService(ConfiguredService):
 
 def makeService(options) -> CacheServerService:
     return CacheServerService(options["listen"], options["sessions"], options["progress"],
-                              options["ownership"], options["killable"])
+                              options["ownership"], options["killable"],
+                              memcache_listen=options["memcache-listen"],
+                              memcache_flush_all=bool(options["memcache-flush-all"]),
+                              metrics=options["metrics"])

@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
+from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.client_tap import checked_address
 from distcache.listening import Listener, SocketOwnership
@@ -16,6 +17,9 @@ from distcache.snoop import SnoopFactory
 
 
 class Options(SocketOptions):
+
+    program = "dc_snoop"
+    opt_version = opt_version
     synopsis = "--listen ADDR --server ADDR"
     longdesc = ("A transparent proxy between distcache peers that forwards every byte "
                 "unchanged and logs one line per message.  ADDR is UNIX:/path, "

@@ -31,6 +31,15 @@ class StartupError(Exception):
     program = None
 
 
+class Refused(SystemExit):
+    """Loading a configuration was refused: ends the process with this one line (status 1).
+
+    Raised where twistd would turn any Exception into a traceback (loading a tap file)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
 def _listen_reason(error: CannotListenError) -> str:
     where = error.port if not error.interface else f"{error.interface}:{error.port}"
     cause = error.socketError

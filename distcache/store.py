@@ -88,6 +88,7 @@ class SessionStore:
         self._heap: List[bytes] = []               # records, live or stale
         self.evictions = 0
         self.expirations = 0
+        self.bytes = 0  # data bytes held, for metrics
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -103,12 +104,14 @@ class SessionStore:
             if _expiry(held) > now:
                 return wire.ERR_MATCHING_SESSION
             del sessions[session_id]
+            self.bytes -= _data_len(held)
             self.expirations += 1
         if len(sessions) >= self.max_sessions:
             self._make_room(now)
         record = _Record(b"".join((_EXPIRY.pack(now + timeout_ms), bytes((len(session_id),)),
                                    session_id, data)))
         sessions[record] = record
+        self.bytes += len(data)
         heapq.heappush(self._heap, record)
         if len(self._heap) > 2 * len(sessions) + 64:
             self._compact()
@@ -136,6 +139,7 @@ class SessionStore:
         held = self._sessions.pop(session_id, None)
         if held is None:
             return False
+        self.bytes -= _data_len(held)
         if _expiry(held) <= self._now_ms():
             self.expirations += 1
             return False
@@ -145,8 +149,16 @@ class SessionStore:
         """Drop every expired session now; return how many went."""
         return self._drop_due(self._now_ms(), evict=0)
 
+    def clear(self) -> int:
+        """Forget every session (memcache ``flush_all``); return how many were held."""
+        held = len(self._sessions)
+        self._sessions.clear()
+        self._heap = []
+        self.bytes = 0
+        return held
+
     def _expire(self, session_id: bytes) -> None:
-        del self._sessions[session_id]
+        self.bytes -= _data_len(self._sessions.pop(session_id))
         self.expirations += 1
 
     def _make_room(self, now: int) -> None:
@@ -172,6 +184,7 @@ class SessionStore:
             heapq.heappop(heap)
             if live:
                 del sessions[record]
+                self.bytes -= _data_len(record)
                 dropped += 1
         return dropped
 
@@ -182,4 +195,8 @@ class SessionStore:
 
 def _expiry(record: bytes) -> int:
     return _EXPIRY.unpack_from(record)[0]
+
+
+def _data_len(record: bytes) -> int:
+    return len(record) - 9 - record[8]
 

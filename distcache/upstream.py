@@ -175,6 +175,7 @@ class ServerLink:
         self.answered_unreachable = 0
         self.answered_disconnected = 0
         self.dropped_replies = 0
+        self.connects = 0
 
     @property
     def connected(self) -> bool:
@@ -222,6 +223,7 @@ class ServerLink:
     # Outputs: one step each.
     def _use(self, protocol: "UpstreamProtocol") -> None:
         self._upstream = protocol
+        self.connects += 1
         self._peer = address_text(protocol.transport.getPeer())
 
     def _abort(self, _why: str) -> None:

@@ -51,10 +51,12 @@ def wait_until_connectable(family, sockaddr, deadline: float = 10.0) -> None:
 class DcServerProcess:
     """``dc_server`` in a child process, listening on a unix socket (and TCP if asked)."""
 
-    def __init__(self, path: str, sessions: int = 512, tcp_port: Optional[int] = None):
+    def __init__(self, path: str, sessions: int = 512, tcp_port: Optional[int] = None,
+                 extra: List[str] = ()):
         self.path = path
         self.sessions = sessions
         self.tcp_port = tcp_port
+        self.extra = list(extra)
         self.process: Optional[subprocess.Popen] = None
 
     @property
@@ -66,6 +68,7 @@ class DcServerProcess:
                 "-listen", self.address, "-sessions", str(self.sessions)]
         if self.tcp_port is not None:
             args += ["-listen", f"IP:127.0.0.1:{self.tcp_port}"]
+        args += self.extra
         self.process = subprocess.Popen(args, env=repo_env(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         wait_until_connectable(socket.AF_UNIX, self.path)
@@ -87,10 +90,11 @@ class DcServerProcess:
 class DcClientProcess:
     """``dc_client`` in a child process: a local unix socket in front of ``server``."""
 
-    def __init__(self, path: str, server: str, retry_ms: int = 200):
+    def __init__(self, path: str, server: str, retry_ms: int = 200, extra: List[str] = ()):
         self.path = path
         self.server = server
         self.retry_ms = retry_ms
+        self.extra = list(extra)
         self.process: Optional[subprocess.Popen] = None
 
     @property
@@ -100,7 +104,8 @@ class DcClientProcess:
     def start(self) -> "DcClientProcess":
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from distcache.cflags import dc_client; dc_client()",
-             "-listen", self.address, "-server", self.server, "-retry", str(self.retry_ms)],
+             "-listen", self.address, "-server", self.server, "-retry", str(self.retry_ms)]
+            + self.extra,
             env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_connectable(socket.AF_UNIX, self.path)
         return self

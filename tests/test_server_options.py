@@ -57,8 +57,12 @@ def test_c_flags_translate_to_twistd():
         "--killable"]
     argv = twistd_argv("dc_server", ["-daemon", "-pidfile", "/run/x.pid", "-user", "root",
                                      "-listen", "IP:9"])
-    assert argv[:3] == ["--syslog", "--prefix", "dc_server"]
+    assert argv[0] == "--logfile=" + os.path.abspath("dc_server.log")
     assert "--pidfile=/run/x.pid" in argv and argv[argv.index("--uid") + 1] == "0"
+    argv = twistd_argv("dc_server", ["-daemon", "-syslog", "-listen", "IP:9"])
+    assert argv[:3] == ["--syslog", "--prefix", "dc_server"]
+    argv = twistd_argv("dc_server", ["-logfile", "/var/log/x.log", "-listen", "IP:9"])
+    assert argv[:2] == ["--nodaemon", "--logfile=/var/log/x.log"]
 
 
 def run_server(cmd, tmp_path, *args):

@@ -13,7 +13,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from distcache import __version__
+from distcache.version import version_line
 from distcache.dcap import engines, hsm
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
@@ -55,7 +55,7 @@ def build_parser():
     parser.add_argument("--root", default=None,
                         help="the door's state directory (default: $%s, else var/dcap "
                              "if it exists here)" % ROOT_ENV)
-    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    parser.add_argument("--version", action="version", version=version_line("dcap-admin"))
     parser.add_argument("--namespace", default=None, metavar="sqlite|URL",
                         help="the namespace: sqlite (the file in --root, the default) or the "
                              "postgresql:// URL the doors share")
@@ -425,6 +425,7 @@ def copy_namespaces(root, source, target, replace, out, err):
 
 
 def _shown(spec):
+    """A namespace for the report: sqlite, or the URL without user and password."""
     return spec if not engines.is_postgres(spec) else spec.split("@")[-1]
 
 

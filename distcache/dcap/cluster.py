@@ -24,9 +24,10 @@ from distcache.dcap.cluster_db import (
     CANCELLED, CONNECTED, DONE, FAILED, LISTENING, REPLIES, REQUESTS, ClusterDB, Listener,
 )
 from distcache.dcap.errors import RC_DISK_IO, RC_INTERNAL, DcapError, TransferError
-from distcache.dcap.mover import PassiveMoverFactory, Transfer, new_challenge
+from distcache.dcap.mover import PassiveMoverFactory, new_challenge
 from distcache.dcap.namespace import Access, Subject
 from distcache.dcap.session import error_of
+from distcache.dcap.transfer import Transfer
 
 log = Logger()
 
@@ -200,23 +201,25 @@ class Cluster:
         if mode == "r":
             d = defer.maybeDeferred(pool.namespace.open_read, path, subject)
             d.addCallback(lambda entry: entry if pool.is_cached(entry) else pool.stage(entry))
-            d.addCallback(lambda entry: Transfer(req["sid"], source=pool.open_read(entry),
-                                                 size=entry.size, label=label))
+            d.addCallback(lambda entry: self._transfer(req["sid"], label, source=pool.open_read(entry),
+                                                       size=entry.size))
         else:
             d = defer.maybeDeferred(pool.open_write, path, subject, req["create_mode"],
                                     replace=req["replace"], copy_existing=(mode == "rw"),
                                     overwrite_hint=req["overwrite_hint"])
-            d.addCallback(lambda up: Transfer(
-                req["sid"], upload=up, label=label,
+            d.addCallback(lambda up: self._transfer(
+                req["sid"], label, upload=up,
                 size=up.old.size if (mode == "rw" and up.old is not None) else 0))
         d.addCallback(self._listen, rid)
         d.addErrback(lambda f: self._reply(rid, FAILED, error=error_of(f)))
 
-    def _listen(self, transfer, rid):
+    def _transfer(self, sid, label, **what):
+        """A transfer with this door's policy buffers (the client's own options stay at its door)."""
         policy = self.factory.policy
-        transfer.policy = policy
-        transfer.buffers = policy.buffers_for_open({})
-        transfer.block_size = transfer.buffers.io
+        return Transfer(sid, label=label, policy=policy, buffers=policy.buffers_for_open({}),
+                        **what)
+
+    def _listen(self, transfer, rid):
         self.serving[rid] = transfer
         challenge = new_challenge()
         state = {"port": None, "timer": None}
@@ -240,7 +243,7 @@ class Cluster:
             log.info("mover request {rid} ended: {outcome}", rid=rid,
                      outcome="ok" if error is None else error.message)
 
-        transfer.finished.addCallback(ended)
+        transfer.outcome.addCallback(ended)
         factory = PassiveMoverFactory(transfer, challenge, connected)
         d = defer.maybeDeferred(self.factory.listen_for_mover, "", factory)
 
@@ -255,7 +258,7 @@ class Cluster:
             self._reply(rid, LISTENING, host=self.host, port=port.getHost().port,
                         challenge=challenge)
 
-        d.addCallbacks(listening, lambda f: transfer.finish(TransferError(
+        d.addCallbacks(listening, lambda f: transfer.end(TransferError(
             RC_INTERNAL, "cannot open a data port: %s" % (f.getErrorMessage(),))))
 
 
@@ -269,8 +272,8 @@ class _RemotePort:
 class RemoteTransfer:
     """The door's view of a transfer another node's pool serves.
 
-    Quacks like mover.Transfer where the door's session uses one:
-    ``finished`` fires once with None or the error, ``kill`` ends it.
+    Quacks like transfer.Transfer where the door's session uses one:
+    ``outcome`` fires once with None or the error, ``kill`` ends it.
     """
 
     remote = True
@@ -282,7 +285,7 @@ class RemoteTransfer:
         self.rid = None
         self.node = None
         self.session = None
-        self.finished = defer.Deferred()
+        self.outcome = defer.Deferred()
         self.ended = False
         self.bytes_in = self.bytes_out = 0  # as the serving pool reports them
         self._timer = None
@@ -294,19 +297,19 @@ class RemoteTransfer:
         self._timer = cluster.reactor.callLater(cluster.answer_timeout, self._no_answer)
         d = defer.maybeDeferred(cluster.workers.database, cluster.db.request, self.fields,
                                 cluster.down_after)
-        d.addCallbacks(self._filed, lambda f: self.finish(error_of(f)))
+        d.addCallbacks(self._filed, lambda f: self.end(error_of(f)))
         return None
 
     def _filed(self, answer):
         rid, row = answer
         pool = self.fields["pool"]
         if row is None:
-            self.finish(DcapError(RC_INTERNAL, "Pool %s holding the file is not registered"
+            self.end(DcapError(RC_INTERNAL, "Pool %s holding the file is not registered"
                                   % (pool,), "EIO"))
             return
         self.node = PoolNode(*row)
         if rid is None:
-            self.finish(DcapError(RC_INTERNAL, "Pool %s is down (last heard from %d s ago)"
+            self.end(DcapError(RC_INTERNAL, "Pool %s is down (last heard from %d s ago)"
                                   % (self.node, self.node.age), "EIO"))
             return
         self.rid = rid
@@ -332,12 +335,12 @@ class RemoteTransfer:
         elif state == CONNECTED:
             session.mover_connected()
         elif state == DONE:
-            self.finish(None)
+            self.end(None)
         elif state == FAILED:
-            self.finish(TransferError(row["rc"] or RC_INTERNAL, row["message"] or "remote mover failed",
+            self.end(TransferError(row["rc"] or RC_INTERNAL, row["message"] or "remote mover failed",
                                       row["posix"]))
         elif state == CANCELLED:
-            self.finish(TransferError(RC_DISK_IO, "mover request withdrawn", "EIO"))
+            self.end(TransferError(RC_DISK_IO, "mover request withdrawn", "EIO"))
 
     def _no_answer(self):
         if self.ended:
@@ -351,7 +354,7 @@ class RemoteTransfer:
     def kill(self, reason, rc=RC_DISK_IO):
         if self.ended:
             return
-        self.finish(TransferError(rc, reason, "EIO"))
+        self.end(TransferError(rc, reason, "EIO"))
         self._withdraw()
 
     def _withdraw(self):
@@ -360,7 +363,7 @@ class RemoteTransfer:
                                     self.rid, self.fields["pool"])
             d.addErrback(lambda f: None)
 
-    def finish(self, error):
+    def end(self, error=None):
         if self.ended:
             return
         self.ended = True
@@ -368,4 +371,4 @@ class RemoteTransfer:
             self._timer.cancel()
         if self.rid is not None:
             self.cluster.waiting.pop(self.rid, None)
-        self.finished.callback(error)
+        self.outcome.callback(error)

@@ -1,8 +1,11 @@
 """Sans-IO DCAP control lines: requests in, reply lines out.
 
 The control connection is line based ASCII.  This module knows nothing of
-sockets: it turns one received line into a `Request` and builds the reply
-lines the real libdcap client accepts (pure ASCII, at most 4096 bytes).
+sockets: `RequestReader` turns received bytes into `Request`s (one per
+line), and the reply builders make the lines the real libdcap client
+accepts (pure ASCII, at most 4096 bytes).  Once the reader has raised
+ProtocolError it stays failed and refuses further input, so its caller
+keeps no "closing" flag of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from urllib.parse import unquote_to_bytes
 
 #: The client refuses reply lines longer than this (newline included).
 MAX_REPLY_LENGTH = 4096
+#: Longer request lines are a protocol violation (the real client's are far shorter).
+MAX_LINE_LENGTH = 65536
 
 _BLANKS = b" \t\r"
 
@@ -128,6 +133,56 @@ def parse_request(line: bytes) -> Request:
         options=options,
         extras=ordered,
     )
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+
+
+class RequestReader:
+    """Received bytes in, one `Request` per newline-terminated line out.
+
+    `next_request()` returns the next Request or `NEED_DATA`; it raises
+    ProtocolError for a line `parse_request` rejects or one longer than
+    `max_line` bytes.  After that the reader is `failed`: what was buffered
+    is dropped and any further call raises again.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_LENGTH) -> None:
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no newline
+        self.failed = False
+
+    def receive_data(self, data: bytes) -> None:
+        if self.failed:
+            raise ProtocolError("data after a protocol error")
+        self._buf += data
+
+    def next_request(self):
+        if self.failed:
+            raise ProtocolError("reader failed earlier")
+        try:
+            end = self._buf.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buf)
+                if len(self._buf) > self.max_line:
+                    raise ProtocolError("line longer than %d bytes" % (self.max_line,))
+                return NEED_DATA
+            if end > self.max_line:
+                raise ProtocolError("line longer than %d bytes" % (self.max_line,))
+            line = bytes(self._buf[:end])
+            del self._buf[:end + 1]
+            self._scanned = 0
+            return parse_request(line)
+        except ProtocolError:
+            self.failed = True
+            self._buf.clear()
+            raise
 
 
 _DECIMAL = re.compile(r"\A[0-9]{1,18}\Z")

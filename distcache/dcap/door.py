@@ -34,10 +34,8 @@ from distcache.dcap.errors import (
     DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
-from distcache.dcap.mover import (
-    DataChannel, PassiveMoverFactory, Transfer,
-    connect_to_client, new_challenge,
-)
+from distcache.dcap.mover import DataChannel, PassiveMoverFactory, connect_to_client, new_challenge
+from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
 
@@ -358,13 +356,11 @@ class DoorProtocol(LineOnlyReceiver):
                                      label="r %s" % (entry.path,)), passive)
 
     def _transfer(self, session: Session, label: str, **what) -> Transfer:
-        transfer = Transfer(session.sid, label="#%d %s" % (session.tid, label), **what)
+        """A transfer for session with the buffers and deadline watch its policy gives."""
         policy = self.factory.policy
-        transfer.policy = policy
-        transfer.buffers = policy.buffers_for_open(session.options)
-        transfer.block_size = transfer.buffers.io
-        transfer.watch = session.watch
-        return transfer
+        return Transfer(session.sid, label="#%d %s" % (session.tid, label), policy=policy,
+                        buffers=policy.buffers_for_open(session.options), watch=session.watch,
+                        **what)
 
     def do_opendir(self, r: Request):
         path = self.path(r)
@@ -396,7 +392,8 @@ class DoorProtocol(LineOnlyReceiver):
         local = self.transport.getHost().host
         interface = "" if self.config.connect_host else local
         host = self.config.connect_host or local
-        factory = PassiveMoverFactory(transfer, challenge, session.mover_connected)
+        factory = PassiveMoverFactory(transfer, challenge, session.mover_connected,
+                                      clock=self.factory.reactor)
         d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
 
         def listening(port):

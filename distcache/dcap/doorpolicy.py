@@ -11,6 +11,7 @@ set up a data connection, and whether ``check`` may answer ok.
 from twisted.logger import Logger
 
 from distcache.dcap.check import has_disk_copy
+from distcache.dcap.mover import listen_for_mover
 from distcache.dcap.opentimeout import OpenTimeouts
 from distcache.dcap.policy import (
     DcapPolicy,
@@ -95,7 +96,7 @@ class DoorPolicy:
         Raises PortRangeExhausted when the range has no free port.
         """
         number, listener = self.ports.listen(
-            lambda port: reactor.listenTCP(port, factory, interface=interface)
+            lambda port: listen_for_mover(reactor, interface, factory, port)
         )
         return RangePort(self.ports, number, listener)
 
@@ -115,3 +116,48 @@ class DoorPolicy:
 
     def has_disk_copy(self, entry, pools):
         return has_disk_copy(entry, pools, self.policy.strict_check)
+
+
+#: dccp 2.47 keeps the door's port in a signed 16-bit number
+HIGHEST_DCCP_PORT = 32767
+
+
+def _size(n):
+    for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n % factor == 0 and n >= factor:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def policy_summary(policy, access, allow_truncate=False):
+    """One line of the door's effective policy, after batch, poollist and option precedence."""
+    policy = policy if policy is not None else DcapPolicy()
+    b = policy.buffers
+    if policy.open_timeout is None:
+        timeout = "openTimeout none"
+    else:
+        timeout = f"openTimeout {policy.open_timeout}s ({policy.open_timeout_origin or 'default'})"
+        if not policy.enforces_open_timeout:
+            timeout += " not enforced without keepAlive"
+    parts = [
+        f"buffers send {_size(b.default_send)}/{_size(b.max_send)} "
+        f"recv {_size(b.default_recv)}/{_size(b.max_recv)} io {_size(b.default_io)}/"
+        f"{_size(b.max_io)} (default/max)",
+        timeout,
+        f"keepAlive {policy.keep_alive}s" if policy.keep_alive else "keepAlive off",
+        "check strict" if policy.strict_check else "check fuzzy",
+        f"passive ports {policy.port_range}" if policy.port_range else "passive ports any",
+        f"anonymous access {getattr(access, 'value', access)}"
+        + (", overwrite allowed" if allow_truncate else ""),
+    ]
+    if policy.pool_buffers:
+        parts.append("pools " + ", ".join(name for name, _ in policy.pool_buffers))
+    return "; ".join(parts)
+
+
+def port_warning(port):
+    """The warning for a control port dccp 2.47 cannot reach, or None."""
+    if port is not None and port > HIGHEST_DCCP_PORT:
+        return (f"the door listens on port {port}: dccp 2.47 cannot reach ports above "
+                f"{HIGHEST_DCCP_PORT} (it keeps the port in a signed 16-bit number)")
+    return None

@@ -3,7 +3,9 @@
 Every block on the data channel starts with a big-endian int32 counting
 the bytes after it.  The parser is pull based (`next_event`) so the mover
 can act on a WRITE (accept it or not) before the following bytes are read
-as a DATA stream.
+as a DATA stream.  Once it has raised ProtocolError the parser stays
+failed and refuses any further input, so its callers keep no flag of
+their own.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ NEED_DATA = _NeedData()
 Event = Union[Hello, Read, Seek, SeekAndRead, Write, SeekAndWrite, ReadV,
               Locate, Close, Unsupported, DataChunk, DataEnd]
 
-_HELLO, _COMMAND, _DATA_HEADER, _BLOCK_LENGTH, _BLOCK_BODY = range(5)
+_HELLO, _COMMAND, _DATA_HEADER, _BLOCK_LENGTH, _BLOCK_BODY, _ERROR = range(6)
 
 
 class RequestParser:
@@ -133,7 +135,14 @@ class RequestParser:
         # views of what arrived, without copying them through _buf.
         self._direct: Optional[memoryview] = None
 
+    @property
+    def failed(self) -> bool:
+        """True once the parser has raised: it takes no more input."""
+        return self._state == _ERROR
+
     def receive_data(self, data: bytes) -> None:
+        if self._state == _ERROR:
+            raise ProtocolError("data after a protocol error")
         if self._direct is not None:
             self._buf += self._direct
             self._direct = None
@@ -156,10 +165,18 @@ class RequestParser:
 
     def next_event(self):
         """The next complete event, or `NEED_DATA`."""
-        while True:
-            event = self._step()
-            if event is not _AGAIN:
-                return event
+        if self._state == _ERROR:
+            raise ProtocolError("parser failed earlier")
+        try:
+            while True:
+                event = self._step()
+                if event is not _AGAIN:
+                    return event
+        except ProtocolError:
+            self._state = _ERROR
+            self._buf.clear()
+            self._direct = None
+            raise
 
     def _step(self):
         state = self._state

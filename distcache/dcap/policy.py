@@ -194,6 +194,8 @@ class DcapPolicy:
     # policy stays immutable and can be pickled into a tap file.
     pool_buffers: tuple = ()
     open_timeout: "int | None" = None
+    # where open_timeout came from ("door.batch:3", "--open-timeout"), for the start-up log
+    open_timeout_origin: "str | None" = None
     keep_alive: "int | None" = None
     strict_check: bool = False
     port_range: "PortRange | None" = None
@@ -314,6 +316,7 @@ def resolve_policy(
         buffers=buffers,
         pool_buffers=tuple(per_pool.items()),
         open_timeout=open_timeout,
+        open_timeout_origin=timeout_setting.origin if timeout_setting else None,
         keep_alive=keep_alive,
         strict_check=strict,
         port_range=port_range,

@@ -198,7 +198,7 @@ class Session:
     def _start_mover(self, transfer, passive):
         self.transfer = transfer
         self.pending = None
-        transfer.finished.addCallback(self.transfer_ended)
+        transfer.outcome.addCallback(self.transfer_ended)
         self.pending = self.door.start_mover(self, passive)
 
     @_machine.output()

@@ -53,4 +53,4 @@ def test_dcap_root_is_used_by_the_door_and_by_dcap_admin(tmp_path, monkeypatch):
 def test_version():
     from distcache import __version__
     out = subprocess.run(ADMIN + ["--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == f"dcap-admin {__version__}"
+    assert out.returncode == 0 and out.stdout.strip() == f"dcap-admin (distcache-twisted) {__version__}"

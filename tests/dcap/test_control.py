@@ -143,3 +143,83 @@ def test_round_trip_of_generated_requests(sid, cid, name, command, opts):
     for k, v in opts:
         expected[k] = v
     assert r.options == expected
+
+
+def _client_lines():
+    lines = []
+    for raw in open(TRANSCRIPT, encoding="ascii"):
+        if raw.startswith("CTL<- '"):
+            lines.append(raw[len("CTL<- '"):].rstrip("\n")[:-1].encode("ascii"))
+    return lines
+
+
+def _read_all(reader):
+    out = []
+    while True:
+        r = reader.next_request()
+        if r is control.NEED_DATA:
+            return out
+        out.append(r)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 10**6), max_size=30))
+def test_the_reader_gives_the_real_clients_requests_however_the_bytes_arrive(cuts):
+    lines = _client_lines()
+    stream = b"".join(line + b"\n" for line in lines)
+    points = sorted({c % (len(stream) + 1) for c in cuts}) + [len(stream)]
+    reader = control.RequestReader()
+    got, last = [], 0
+    for p in points:
+        reader.receive_data(stream[last:p])
+        last = p
+        got += _read_all(reader)
+    assert got == [parse_request(line) for line in lines]
+    assert not reader.failed
+
+
+def test_a_reader_that_raised_stays_failed():
+    reader = control.RequestReader()
+    reader.receive_data(b"1 0 client ping\nbad\n2 0 client ping\n")
+    assert reader.next_request().command == "ping"
+    with pytest.raises(ProtocolError):
+        reader.next_request()
+    assert reader.failed
+    with pytest.raises(ProtocolError):
+        reader.next_request()  # the good line after the bad one is not parsed
+    with pytest.raises(ProtocolError):
+        reader.receive_data(b"3 0 client ping\n")
+
+
+@pytest.mark.parametrize("data,ok", [
+    (b"1 0 client " + b"x" * (100 - 11) + b"\n", True),    # exactly the limit
+    (b"1 0 client " + b"x" * (100 - 10) + b"\n", False),   # one byte over
+    (b"1 0 client " + b"x" * (100 - 10), False),           # over, newline not yet seen
+    (b"1 0 client " + b"x" * (100 - 11), None),            # at the limit, still waiting
+])
+def test_the_reader_limits_line_length(data, ok):
+    reader = control.RequestReader(max_line=100)
+    reader.receive_data(data)
+    if ok is None:
+        assert reader.next_request() is control.NEED_DATA
+    elif ok:
+        assert len(reader.next_request().command) == 89
+    else:
+        with pytest.raises(ProtocolError):
+            reader.next_request()
+        assert reader.failed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 50))
+def test_garbage_gives_requests_or_protocol_error_only(data, step):
+    reader = control.RequestReader(max_line=64)
+    try:
+        for i in range(0, len(data), step):
+            reader.receive_data(data[i:i + step])
+            _read_all(reader)
+    except ProtocolError:
+        assert reader.failed
+    else:
+        assert not reader.failed
+        assert len(reader._buf) <= 64

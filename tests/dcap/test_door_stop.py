@@ -122,7 +122,6 @@ def service(tmp_path, reactor):
     os.makedirs(root)
     config = DoorConfig(access=Access.FULL, allow_truncate=True, shutdown_grace=20)
     svc = dcap_tap.DoorService("tcp:0:interface=127.0.0.1", root, config, fsync=False,
-                               storage_threads=False,
                                reactor=reactor)
     svc.startService()
     return svc

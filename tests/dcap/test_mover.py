@@ -9,9 +9,10 @@ from twisted.internet.testing import StringTransport
 
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.checksum import BLOCK_SIZE
-from distcache.dcap.mover import DataChannel, PassiveMoverFactory, Transfer
 from distcache.dcap.errors import NotFound
+from distcache.dcap.mover import DataChannel, PassiveMoverFactory
 from distcache.dcap.namespace import ROOT
+from distcache.dcap.transfer import Transfer
 from distcache.dcap.pool import open_pool
 
 
@@ -71,7 +72,7 @@ def test_read_seek_locate_readv_and_close():
     payload = bytes(range(256)) * 40
     tr = read_transfer(payload)
     outcome = []
-    tr.finished.addCallback(outcome.append)
+    tr.outcome.addCallback(outcome.append)
     ch, t = channel_for(tr)
     ch.dataReceived(mc.encode_read(100) + mc.encode_seek(-10, mc.SEEK_END) + mc.encode_read(100)
                     + mc.encode_read(5) + mc.encode_locate()
@@ -194,7 +195,7 @@ def test_lost_connection_discards_the_write(pool):
     up.commit()
     tr = write_transfer(pool, "/keep")
     outcome = []
-    tr.finished.addCallback(outcome.append)
+    tr.outcome.addCallback(outcome.append)
     ch, t = channel_for(tr)
     ch.dataReceived(mc.encode_write() + mc.DATA_HEADER + struct.pack(">i", 100) + b"partial")
     ch.connectionLost(None)
@@ -206,7 +207,7 @@ def test_lost_connection_discards_the_write(pool):
 def test_garbage_on_the_data_channel_fails_the_transfer(pool):
     tr = write_transfer(pool, "/g")
     outcome = []
-    tr.finished.addCallback(outcome.append)
+    tr.outcome.addCallback(outcome.append)
     ch, t = channel_for(tr)
     ch.dataReceived(struct.pack(">i", 1 << 30) + b"junk")
     assert t.disconnecting or t.disconnected
@@ -234,7 +235,7 @@ def test_passive_factory_checks_sid_and_challenge_once():
 
 def test_a_connect_back_that_arrives_after_the_transfer_ended_is_dropped():
     tr = read_transfer(b"late")
-    tr.finished.addErrback(lambda f: None)
+    tr.outcome.addErrback(lambda f: None)
     tr.kill("control connection closed")
     ch = DataChannel(transfer=tr)
     t = StringTransport()
@@ -250,7 +251,7 @@ def test_a_block_that_cannot_be_stored_fails_the_close_and_keeps_the_old_version
     up.commit()
     tr = write_transfer(pool, "/precious")
     outcome = []
-    tr.finished.addCallback(outcome.append)
+    tr.outcome.addCallback(outcome.append)
     ch, t = channel_for(tr)
     real_write_at = tr.write_at
     calls = []

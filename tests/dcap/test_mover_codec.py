@@ -82,6 +82,23 @@ def test_oversized_blocks_are_refused():
         p.next_event()
 
 
+def test_a_parser_that_raised_stays_failed_and_refuses_more_input():
+    p = RequestParser(expect_hello=False)
+    p.receive_data(mc.encode_locate() + struct.pack(">i", 2) + b"xx" + mc.encode_close())
+    assert p.next_event() == mc.Locate()
+    assert not p.failed
+    with pytest.raises(ProtocolError):
+        p.next_event()
+    assert p.failed
+    assert p.buffered() == 0  # what followed the bad block is dropped, not parsed
+    with pytest.raises(ProtocolError):
+        p.next_event()
+    with pytest.raises(ProtocolError):
+        p.receive_data(mc.encode_close())
+    with pytest.raises(RuntimeError):
+        p.begin_data()
+
+
 def test_reply_forms():
     assert mc.seek_ack(42) == struct.pack(">iiiiq", 20, 6, 3, 0, 42)
     assert mc.locate_ack(17, 3) == struct.pack(">iiiiqq", 28, 6, 9, 0, 17, 3)
@@ -145,7 +162,11 @@ def test_garbage_raises_only_protocol_error(hello, data, writing):
     try:
         drain(p, begin_data_after_write=writing)
     except ProtocolError:
-        pass
+        assert p.failed
+        with pytest.raises(ProtocolError):
+            p.next_event()
+    else:
+        assert not p.failed
 
 
 TRANSCRIPT = Path(__file__).resolve().parents[1] / "vectors" / "dccp-2.47.14-transcript.txt"

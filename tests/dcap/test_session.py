@@ -102,7 +102,7 @@ class Walk:
             s.listening(self.port(), b"3 0 client connect 127.0.0.1 40000 challenge\n")
         elif name == "mover_finished":
             if s.transfer is not None:
-                s.transfer.finish(None)  # the transfer reports its own end
+                s.transfer.end(None)  # the transfer reports its own end
             else:
                 s.mover_finished(None)
         elif name == "failed":
