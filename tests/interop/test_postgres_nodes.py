@@ -57,3 +57,33 @@ def test_written_through_one_door_read_through_the_other(nodes, pg_url, tmp_path
     assert code == 0, out + a.log_text() + b.log_text()
     assert (tmp_path / "back-b").read_bytes() == payload["via-b"]
     assert "mover request" in a.log_text() and "mover request" in b.log_text()
+
+
+def test_a_pool_that_is_down_fails_the_open_clearly_and_the_door_goes_on(nodes, pg_url, tmp_path):
+    import time
+    a, b = nodes
+    (tmp_path / "f").write_bytes(b"held by b\n" * 1000)
+    code, out = dccp(tmp_path / "f", b.url("/on-b"))
+    assert code == 0, out + b.log_text()
+    b.proc.kill()  # a crash: no goodbye, its registration stays until it ages
+    b.proc.wait()
+
+    started = time.monotonic()
+    code, out = dccp(a.url("/on-b"), tmp_path / "copy", timeout=60)
+    waited = time.monotonic() - started
+    assert code != 0
+    assert "Pool pool-b at 127.0.0.1:%d did not answer within 15 s" % b.port in out, out
+    assert waited < 45
+
+    # once its heartbeat is old the door refuses at once, without asking
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE pool_node SET seen = now() - interval '1 minute' WHERE name = 'pool-b'")
+    started = time.monotonic()
+    code, out = dccp(a.url("/on-b"), tmp_path / "copy", timeout=60)
+    assert code != 0 and "Pool pool-b at 127.0.0.1:%d is down (last heard from" % b.port in out, out
+    assert time.monotonic() - started < 10
+
+    # the door still serves its own pool, and new files go to the live pool
+    code, out = dccp(tmp_path / "f", a.url("/after"))
+    assert code == 0, out + a.log_text()
+    assert pool_of(pg_url, "/after")[0] == "pool-a"
