@@ -105,7 +105,9 @@ class Cluster:
             remote.kill("door stopping")
         for transfer in list(self.serving.values()):
             transfer.kill("door stopping")
-        self.db.close()
+        # after the replies just queued, on the thread that uses the connection
+        d = defer.maybeDeferred(self.workers.database, self.db.close)
+        d.addErrback(lambda f: None)
 
     # -- the registry ----------------------------------------------------------
 

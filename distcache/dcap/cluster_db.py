@@ -107,7 +107,11 @@ class ClusterDB:
                 (name, host, door_port, free_bytes))
             cur.execute("SELECT name, host, door_port, free_bytes,"
                         " EXTRACT(EPOCH FROM now() - seen)::float FROM pool_node ORDER BY name")
-            return cur.fetchall()
+            rows = cur.fetchall()
+            # housekeeping: answered requests are kept an hour for operators, then dropped
+            cur.execute("DELETE FROM mover_request WHERE state = ANY(%s)"
+                        " AND created < now() - interval '1 hour'", (list(FINAL),))
+            return rows
 
     def request(self, fields, down_after):
         """File a mover request (a dict of REQUEST_FIELDS but id) with a pool that is up.
@@ -177,13 +181,6 @@ class ClusterDB:
             cur.execute("SELECT %s FROM mover_request WHERE id = ANY(%%s)" % ", ".join(REPLY_FIELDS),
                         (list(ids),))
             return [dict(zip(REPLY_FIELDS, row)) for row in cur.fetchall()]
-
-    def forget_finished(self, older_than=3600):
-        """Drop final requests older than older_than seconds (housekeeping)."""
-        with self._cursor() as cur:
-            cur.execute("DELETE FROM mover_request WHERE state = ANY(%s)"
-                        " AND created < now() - make_interval(secs => %s)",
-                        (list(FINAL), older_than))
 
 
 class _Cursor:

@@ -21,8 +21,6 @@ from distcache.dcap.sql_namespace import COLUMNS, ROOT_INO, SQLNamespace, now
 
 log = Logger()
 
-URL_SCHEMES = ("postgresql://", "postgres://")
-
 #: The advisory lock key every namespace writer takes (any fixed number
 #: unlikely to be used by other applications in the same database).
 WRITE_LOCK = 0x44434150  # "DCAP"
@@ -60,11 +58,6 @@ WITH RECURSIVE walk AS (
 )
 SELECT {cols} FROM walk ORDER BY depth
 """.format(cols=COLUMNS, icols=", ".join("i." + c.strip() for c in COLUMNS.split(",")))
-
-
-def is_postgres_url(text):
-    """True when text names a PostgreSQL database (postgresql://...)."""
-    return isinstance(text, str) and text.startswith(URL_SCHEMES)
 
 
 def unavailable(error):

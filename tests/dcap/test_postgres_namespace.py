@@ -7,7 +7,8 @@ import pytest
 
 from distcache.dcap.errors import DcapError
 from distcache.dcap.namespace import ROOT
-from distcache.dcap.postgres_namespace import PostgresNamespace, is_postgres_url
+from distcache.dcap.engines import is_postgres
+from distcache.dcap.postgres_namespace import PostgresNamespace
 
 
 def make_file(ns, path, size=0):
@@ -16,8 +17,8 @@ def make_file(ns, path, size=0):
 
 
 def test_url_forms():
-    assert is_postgres_url("postgresql://u@h/db") and is_postgres_url("postgres://h/db")
-    assert not is_postgres_url("/var/dcap") and not is_postgres_url(None)
+    assert is_postgres("postgresql://u@h/db") and is_postgres("postgres://h/db")
+    assert not is_postgres("/var/dcap") and not is_postgres(None) and not is_postgres("sqlite")
 
 
 def test_a_second_door_sees_the_tree_and_ids_go_on(pg_url, tmp_path):
