@@ -110,9 +110,10 @@ class ClientProxyService(ConfiguredService):
         self.relay: Optional[RelayStore] = None
 
     def __setstate__(self, state):
+        state = dict(state)  # settings added since a tap was written take their defaults
         state.setdefault("memcache_listen", [])
         state.setdefault("metrics", None)
-        self.__dict__.update(state)
+        super().__setstate__(state)
 
     def build(self, reactor) -> None:
         self.link = ServerLink(clock=reactor, server=self.server)

@@ -264,6 +264,8 @@ class MemcacheProtocol(Protocol):
                 return memcache.FLUSH_DISABLED
             if command.exptime != 0:
                 return memcache.FLUSH_DELAY
+            if not hasattr(getattr(store, "store", store), "clear"):
+                return memcache.server_error("flush_all is not offered for a shared store")
             try:
                 cleared = store.clear()
             except StoreUnavailable as e:
@@ -359,15 +361,17 @@ def store_stats(store, counters, distcache_connections: Callable[[], int]) -> Ca
     """dc_server's part of the stats reply: its store and its distcache connections."""
 
     def pairs() -> list:
-        return [
+        known = [
             ("get_hits", counters.get_hits),
             ("get_misses", counters.get_misses),
             ("curr_items", len(store)),
-            ("bytes", store.bytes),
-            ("evictions", store.evictions),
-            ("expired_unfetched", store.expirations),
+            ("bytes", getattr(store, "bytes", None)),
+            ("evictions", getattr(store, "evictions", None)),
+            ("expired_unfetched", getattr(store, "expirations", None)),
             ("limit_items", store.max_sessions),
             ("distcache_connections", distcache_connections()),
         ]
+        # a shared store (Redis) does not count some of these here: leave them out
+        return [(name, value) for name, value in known if value is not None]
 
     return pairs

@@ -13,9 +13,6 @@ from typing import Iterable, Optional
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.twisted import MetricsResource
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from distcache.listening import Listener, SocketOwnership
 
@@ -69,11 +66,17 @@ class ServerCollector:
             adds.add_metric([result], n)
         yield adds
         store = self.store
-        yield _counter("distcache_evictions", "Live sessions dropped to make room",
-                       store.evictions)
-        yield _counter("distcache_expirations", "Sessions dropped on expiry", store.expirations)
+        # A shared store (Redis) evicts and expires inside the engine and does not
+        # count bytes here: what it cannot know is left out rather than shown as 0.
+        if hasattr(store, "evictions"):
+            yield _counter("distcache_evictions", "Live sessions dropped to make room",
+                           store.evictions)
+        if hasattr(store, "expirations"):
+            yield _counter("distcache_expirations", "Sessions dropped on expiry",
+                           store.expirations)
         yield _gauge("distcache_sessions", "Sessions held", len(store))
-        yield _gauge("distcache_session_bytes", "Bytes of session data held", store.bytes)
+        if hasattr(store, "bytes"):
+            yield _gauge("distcache_session_bytes", "Bytes of session data held", store.bytes)
         memcache = self.memcache
         conns = GaugeMetricFamily("distcache_connections", "Open client connections",
                                   labels=["protocol"])
@@ -131,8 +134,17 @@ def registry_of(*collectors) -> CollectorRegistry:
     return registry
 
 
-def metrics_site(registry: CollectorRegistry) -> Site:
-    """An HTTP site answering ``/metrics`` in the Prometheus text format."""
+def metrics_site(registry: CollectorRegistry):
+    """An HTTP site answering ``/metrics`` in the Prometheus text format.
+
+    The web modules are imported here, when a site is made: importing them
+    installs the default reactor, which a tap module must not do (dc_server's
+    Redis store installs the asyncio reactor in makeService).
+    """
+    from prometheus_client.twisted import MetricsResource
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))
     site = Site(root)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 from typing import List, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from distcache import address
+from distcache import address, store_redis
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.counting import CountingStore, StoreCounters
@@ -72,6 +73,9 @@ class Options(SocketOptions):
         ["sessions", None, "512", "The most sessions the cache holds."],
         ["progress", None, "0", "Also log the activity line every N operations."],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
+        ["store", None, "local", "Where sessions live: 'local' (this process), or shared in "
+         "redis://[:PASSWORD@]HOST:PORT[/DB], rediss://... (TLS) or "
+         "redis+cluster://HOST:PORT[,HOST:PORT...] (see man dc_server)."],
     ]
 
     def __init__(self):
@@ -95,6 +99,11 @@ class Options(SocketOptions):
         if self["metrics"] is not None:
             checked(self["metrics"], "--metrics")
         self["ownership"] = self.ownership()
+        if self["store"] != "local":
+            try:
+                store_redis.check(self["store"], self["sessions"])
+            except store_redis.StoreURLError as e:
+                raise usage.UsageError(f"--store {e}")
 
 
 class CacheServerService(ConfiguredService):
@@ -103,12 +112,12 @@ class CacheServerService(ConfiguredService):
     program = "dc_server"
 
     log = Logger()
-    runtime = ("factory", "memcache")
+    runtime = ("factory", "memcache", "session_store")
 
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
                  reactor=None, memcache_listen: List[str] = (), memcache_flush_all: bool = False,
-                 metrics: Optional[str] = None):
+                 metrics: Optional[str] = None, store: str = "local"):
         super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
@@ -118,18 +127,27 @@ class CacheServerService(ConfiguredService):
         self.memcache_listen = list(memcache_listen)
         self.memcache_flush_all = memcache_flush_all
         self.metrics = metrics
+        self.store = store
         self.factory: Optional[CacheServerFactory] = None
         self.memcache: Optional[MemcacheFactory] = None
+        self.session_store = None
 
     def __setstate__(self, state):
+        state = dict(state)  # settings added since a tap was written take their defaults
         state.setdefault("memcache_listen", [])
         state.setdefault("memcache_flush_all", False)
         state.setdefault("metrics", None)
-        self.__dict__.update(state)
+        state.setdefault("store", "local")
+        super().__setstate__(state)
 
     def build(self, reactor) -> None:
+        if self.store == "local":
+            engine = SessionStore(reactor, self.sessions)
+        else:
+            engine = store_redis.open_store(self.store, reactor, self.sessions)
+        self.session_store = engine
         counters = StoreCounters()
-        store = CountingStore(SessionStore(reactor, self.sessions), counters)
+        store = CountingStore(engine, counters)
         self.factory = CacheServerFactory(store, self.progress, clock=reactor)
         self.factory.counters = counters
         for addr in self.listen:
@@ -147,7 +165,8 @@ class CacheServerService(ConfiguredService):
 
     def startService(self) -> None:
         super().startService()
-        self.log.info("dc_server started: {sessions} sessions at most", sessions=self.sessions)
+        self.log.info("dc_server started: {sessions} sessions at most, store {store}",
+                      sessions=self.sessions, store=store_redis.shown(self.store))
         if self.killable:
             self._install_kill_signals()
 
@@ -160,10 +179,19 @@ class CacheServerService(ConfiguredService):
         signal.signal(signal.SIGUSR1, stop)
         signal.signal(signal.SIGUSR2, stop)
 
+    def stopService(self):
+        stopped = super().stopService()
+        close = getattr(self.session_store, "close", None)
+        if close is None:
+            return stopped
+        return defer.gatherResults([defer.maybeDeferred(lambda: stopped), close()])
+
 
 def makeService(options) -> CacheServerService:
+    if options["store"] != "local":
+        store_redis.use_asyncio_reactor()
     return CacheServerService(options["listen"], options["sessions"], options["progress"],
                               options["ownership"], options["killable"],
                               memcache_listen=options["memcache-listen"],
                               memcache_flush_all=bool(options["memcache-flush-all"]),
-                              metrics=options["metrics"])
+                              metrics=options["metrics"], store=options["store"])
