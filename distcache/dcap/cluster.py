@@ -148,7 +148,8 @@ class Cluster:
                     replace=False, overwrite_hint=None):
         """The transfer of an open that pool serves; the door's session starts it."""
         fields = dict(pool=pool, door=self.name, sid=session.sid, mode=mode, path=path,
-                      uid=subject.uid, gid=subject.gid, access=subject.access.value,
+                      uid=subject.uid, gid=subject.gid, gids=list(subject.gids),
+                      user_name=subject.user, access=subject.access.value,
                       create_mode=create_mode, replace=bool(replace),
                       overwrite_hint=overwrite_hint)
         return RemoteTransfer(self, fields, "#%s %s %s on %s" % (session.tid, mode, path, pool))
@@ -196,7 +197,8 @@ class Cluster:
     def _serve(self, req):
         rid, mode, path = req["id"], req["mode"], req["path"]
         pool = self.pool
-        subject = Subject(req["uid"], req["gid"], Access(req["access"]))
+        subject = Subject(req["uid"], req["gid"], Access(req["access"]),
+                          gids=tuple(req["gids"] or ()), user=req["user_name"] or "")
         label = "%s %s for %s" % (mode, path, req["door"])
         log.info("mover request {rid} from {door}: {mode} {path}", rid=rid, door=req["door"],
                  mode=mode, path=path)

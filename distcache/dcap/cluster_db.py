@@ -43,6 +43,8 @@ SCHEMA = (
         path TEXT NOT NULL,
         uid BIGINT NOT NULL,
         gid BIGINT NOT NULL,
+        gids BIGINT[] NOT NULL DEFAULT '{}',
+        user_name TEXT NOT NULL DEFAULT '',
         access TEXT NOT NULL,
         create_mode INTEGER NOT NULL DEFAULT 420,
         replace BOOLEAN NOT NULL DEFAULT false,
@@ -66,7 +68,8 @@ NEW, TAKEN, LISTENING, CONNECTED, DONE, FAILED, CANCELLED = (
     "new", "taken", "listening", "connected", "done", "failed", "cancelled")
 FINAL = (DONE, FAILED, CANCELLED)
 
-REQUEST_FIELDS = ("id", "pool", "door", "sid", "mode", "path", "uid", "gid", "access",
+REQUEST_FIELDS = ("id", "pool", "door", "sid", "mode", "path", "uid", "gid", "gids", "user_name",
+                  "access",
                   "create_mode", "replace", "overwrite_hint")
 REPLY_FIELDS = ("id", "state", "host", "port", "challenge", "rc", "message", "posix",
                 "bytes_in", "bytes_out")
