@@ -35,7 +35,7 @@ def missing_reason():
     if postgres_bin() is None:
         return "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin (Debian package postgresql)"
     try:
-        import psycopg  # noqa: F401
+        import psycopg  # noqa: F401  (only whether it imports)
     except ImportError:
         return "psycopg is not installed (the [postgresql] extra)"
     if os.geteuid() == 0:

@@ -6,13 +6,12 @@ so the other node's pool starts the mover and the door relays its address.
 """
 
 import os
-import subprocess
-import sys
+import time
 
 import psycopg
 import pytest
 
-from interop_support import CHECKOUT, DCCP, Door, dccp
+from interop_support import DCCP, Door, dccp
 
 pytestmark = pytest.mark.skipif(DCCP is None, reason="dccp (Debian package dcap) is not installed")
 
@@ -60,7 +59,6 @@ def test_written_through_one_door_read_through_the_other(nodes, pg_url, tmp_path
 
 
 def test_a_pool_that_is_down_fails_the_open_clearly_and_the_door_goes_on(nodes, pg_url, tmp_path):
-    import time
     a, b = nodes
     (tmp_path / "f").write_bytes(b"held by b\n" * 1000)
     code, out = dccp(tmp_path / "f", b.url("/on-b"))
