@@ -24,7 +24,7 @@ from distcache.dcap.cluster_db import (
     CANCELLED, CONNECTED, DONE, FAILED, LISTENING, REPLIES, REQUESTS, ClusterDB, Listener,
 )
 from distcache.dcap.errors import RC_DISK_IO, RC_INTERNAL, DcapError, TransferError
-from distcache.dcap.mover import PassiveMoverFactory, new_challenge
+from distcache.dcap.mover import new_challenge
 from distcache.dcap.namespace import Access, Subject
 from distcache.dcap.session import error_of
 from distcache.dcap.transfer import Transfer
@@ -248,8 +248,9 @@ class Cluster:
                      outcome="ok" if error is None else error.message)
 
         transfer.outcome.addCallback(ended)
-        factory = PassiveMoverFactory(transfer, challenge, connected)
-        d = defer.maybeDeferred(self.factory.listen_for_mover, "", factory)
+        interface = "" if self.factory.config.connect_host else self.host
+        d = defer.maybeDeferred(self.factory.expect_mover, interface, transfer, challenge,
+                                connected)
 
         def listening(port):
             if transfer.ended:
