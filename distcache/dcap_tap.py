@@ -20,6 +20,7 @@ from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
+from distcache.dcap.trust import NetworkListError, parse_networks
 
 log = Logger()
 
@@ -46,6 +47,13 @@ class Options(PolicyOptions):
                                      "(for NAT); default: the address the client reached the door on."],
         ["client-version", None, None, "Accepted client versions, min[:max], e.g. 2.47:2.47.99; "
                                        "other clients are disconnected after hello."],
+        ["trust-client-uid", None, None,
+         "CIDR[,CIDR...]: networks whose clients' -uid/-gid are believed (as NFS believes "
+         "AUTH_SYS); every other client is the anonymous user, checked against the "
+         "\"other\" permission bits."],
+        ["allowed-subnets", None, None,
+         "CIDR[,CIDR...]: only peers in these networks may connect; others are refused "
+         "at connect (default: any peer)."],
         ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
          "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
          "clients still connected that it shuts down.", float],
@@ -73,6 +81,12 @@ class Options(PolicyOptions):
                 parse_version_range(self["client-version"])
             except ValueError:
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
+        for name in ("trust-client-uid", "allowed-subnets"):
+            if self[name] is not None:
+                try:
+                    parse_networks(self[name])
+                except NetworkListError as e:
+                    raise usage.UsageError("--%s: %s" % (name, e))
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
         self["policy"] = policy_from_options(self)
@@ -89,7 +103,13 @@ def door_config(options) -> DoorConfig:
         client_version_min=low,
         client_version_max=high,
         shutdown_grace=float(options["shutdown-grace"]),
+        trust_client_uid=_networks(options.get("trust-client-uid")),
+        allowed_subnets=_networks(options.get("allowed-subnets")),
     )
+
+
+def _networks(text):
+    return parse_networks(text) if text else ()
 
 
 class DoorService(ConfiguredService):
@@ -147,6 +167,12 @@ class DoorService(ConfiguredService):
         log.info("DCAP door policy: {summary}",
                  summary=policy_summary(self.policy, self.config.access,
                                         self.config.allow_truncate))
+        log.info("DCAP door clients: {trust}{allowed}",
+                 trust=("uid/gid believed from " + ", ".join(self.config.trust_client_uid)
+                        + ", anonymous elsewhere") if self.config.trust_client_uid
+                 else "all anonymous (no --trust-client-uid)",
+                 allowed=("; connections only from " + ", ".join(self.config.allowed_subnets))
+                 if self.config.allowed_subnets else "")
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)

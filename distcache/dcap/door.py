@@ -38,6 +38,7 @@ from distcache.dcap.mover import DataChannel, PassiveMoverFactory, connect_to_cl
 from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
+from distcache.dcap.trust import in_networks, subject_for
 
 log = Logger()
 
@@ -67,15 +68,28 @@ class DoorProtocol(LineOnlyReceiver):
         self.closed = False
         self.stopping = False  # the door told this client it shuts down
         self.peer = "?"
+        #: Whether this client's claimed uid/gid are believed (--trust-client-uid).
+        self.trusted = False
 
     @property
     def config(self) -> DoorConfig:
         return self.factory.config
 
     def connectionMade(self):
-        self.peer = host_port(self.transport.getPeer())
+        peer = self.transport.getPeer()
+        self.peer = host_port(peer)
+        host = getattr(peer, "host", None)
+        allowed = self.config.allowed_subnets
+        if allowed and not in_networks(host, allowed):
+            log.warn("control connection from {peer} refused: not in --allowed-subnets",
+                     peer=self.peer)
+            self.closed = True
+            self.transport.abortConnection()
+            return
+        self.trusted = in_networks(host, self.config.trust_client_uid)
         self.factory.connections.add(self)
-        log.info("control connection from {peer}", peer=self.peer)
+        log.info("control connection from {peer}{trust}", peer=self.peer,
+                 trust=" (client uid trusted)" if self.trusted else "")
 
     # -- framing ---------------------------------------------------------
 
@@ -160,9 +174,10 @@ class DoorProtocol(LineOnlyReceiver):
         self.send(control.failed(r.sid, r.cid, rc, message, posix))
 
     def subject(self, r: Request) -> Subject:
+        """Who the request acts as (see trust.subject_for)."""
         uid = r.int_option("uid", self.uid)
         gid = r.int_option("gid", self.gid)
-        return Subject(uid, gid, self.config.access)
+        return subject_for(self.config.access, self.trusted, uid, gid)
 
     def path(self, r: Request, index: int = 0) -> str:
         if len(r.args) <= index:

@@ -26,6 +26,10 @@ class DoorConfig:
     client_version_min: Tuple[int, ...] = ()
     client_version_max: Tuple[int, ...] = ()
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    #: Networks whose clients' -uid/-gid are believed; everyone else is anonymous.
+    trust_client_uid: Tuple[str, ...] = ()
+    #: When set, only peers in these networks may connect (dcap.net.allowed-subnets).
+    allowed_subnets: Tuple[str, ...] = ()
 
 
 def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

@@ -31,6 +31,14 @@ def test_defaults():
     assert config.access is Access.READONLY
     assert not config.allow_truncate and not config.connect_back
     assert config.connect_host is None
+    assert config.trust_client_uid == () and config.allowed_subnets == ()
+
+
+def test_network_options():
+    config = dcap_tap.door_config(parse("--trust-client-uid", "127.0.0.1/8, ::1",
+                                        "--allowed-subnets", "10.0.0.0/8,127.0.0.1"))
+    assert config.trust_client_uid == ("127.0.0.0/8", "::1/128")
+    assert config.allowed_subnets == ("10.0.0.0/8", "127.0.0.1/32")
 
 
 def test_every_option():
@@ -47,7 +55,9 @@ def test_every_option():
     assert (service.listen, service.root, service.fsync) == ("tcp:2000:interface=127.0.0.1", "/tmp/x", False)
 
 
-@pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two")])
+@pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two"),
+                                  ("--trust-client-uid", "everyone"),
+                                  ("--allowed-subnets", "10.0.0.0/33")])
 def test_bad_values_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)

@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from distcache.dcap.door import DoorFactory
@@ -21,11 +22,18 @@ def pool(tmp_path):
     p.namespace.close()
 
 
+#: The peer of every test client, in the network the tests' doors trust.
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
 class Client:
-    def __init__(self, pool, uid=0, gid=0, hello=True, **config):
+    """A control connection; its uid is believed (trust_client_uid 127.0.0.0/8) unless told."""
+
+    def __init__(self, pool, uid=0, gid=0, hello=True, peer=PEER, **config):
+        config.setdefault("trust_client_uid", ("127.0.0.0/8",))
         self.factory = DoorFactory(pool, DoorConfig(**config), MemoryReactorClock())
         self.proto = self.factory.buildProtocol(None)
-        self.transport = StringTransport()
+        self.transport = StringTransport(peerAddress=peer)
         self.proto.makeConnection(self.transport)
         if hello:
             assert self.send(HELLO % (uid, gid)) == ["0 0 server welcome 2 47"]
@@ -103,6 +111,48 @@ def test_permissions_follow_the_clients_uid(pool):
         ' client is uid 200 gid 200 (anonymous), needs write and search" EACCES'
     assert other.ask('3 0 client chmod "%s" -mode=511 -uid=200' % url("/home/secret")).startswith(
         '3 0 client failed 19 ')
+
+
+def test_untrusted_clients_are_anonymous_whatever_uid_they_claim(pool):
+    pool.namespace.mkdir("/home", ROOT, 0o755)
+    put(pool, "/home/secret", b"s", mode=0o600, uid=100, gid=100)
+    put(pool, "/home/open", b"o", mode=0o604, uid=100, gid=100)
+    pool.namespace.mkdir("/tmp", ROOT, 0o1777)
+    c = Client(pool, access=Access.FULL, trust_client_uid=("10.0.0.0/8",))  # claims uid 0
+    assert c.ask('1 0 client open "%s" r h 1 -uid=0' % url("/home/secret")) == \
+        '1 0 client failed 19 "Permission denied: /home/secret is 0600 owned by uid 100 gid 100,' \
+        ' client is anonymous (its uid is not trusted: see --trust-client-uid), needs read" EACCES'
+    assert c.ask('2 0 client chmod "%s" -mode=511 -uid=100' % url("/home/secret")).startswith(
+        '2 0 client failed 19 ')
+    assert c.ask('3 0 client chown "%s" -owner=0:0 -uid=0' % url("/home/open")).startswith(
+        '3 0 client failed 19 ')
+    # the "other" bits are what anonymous gets: r-- here, but no write
+    assert c.ask('4 0 client stat "%s" -uid=100' % url("/home/open")).startswith("4 0 client stat ")
+    assert c.ask('5 0 client unlink "%s" -uid=0' % url("/home/open")).endswith("EACCES")
+    # what it creates belongs to nobody:nogroup
+    assert c.ask('6 0 client mkdir "%s" -mode=493 -uid=0' % url("/tmp/d")) == "6 0 client ok"
+    assert "-st_uid=65534 -st_gid=65534" in c.ask('7 0 client stat "%s"' % url("/tmp/d"))
+    assert pool.namespace.lookup("/home/secret", ROOT).mode == 0o600
+
+
+def test_trusted_networks_believe_the_claimed_uid(pool):
+    put(pool, "/secret", b"s", mode=0o600, uid=100, gid=100)
+    c = Client(pool, uid=100, gid=100, access=Access.FULL, trust_client_uid=("127.0.0.1/32",))
+    assert c.ask('1 0 client chmod "%s" -mode=384 -uid=100' % url("/secret")) == "1 0 client ok"
+    outside = Client(pool, uid=100, gid=100, access=Access.FULL, peer=IPv4Address(
+        "TCP", "127.0.0.2", 40000), trust_client_uid=("127.0.0.1/32",))
+    assert outside.ask('1 0 client chmod "%s" -mode=384 -uid=100' % url("/secret")).endswith(
+        "EACCES")
+
+
+def test_peers_outside_the_allowed_subnets_are_refused_at_connect(pool):
+    inside = Client(pool, allowed_subnets=("127.0.0.0/8",))
+    assert inside.ask('1 0 client ping') == "1 0 server pong"
+    outside = Client(pool, hello=False, peer=IPv4Address("TCP", "10.1.2.3", 40000),
+                     allowed_subnets=("127.0.0.0/8", "192.168.0.0/16"))
+    assert outside.transport.disconnecting or outside.transport.disconnected
+    assert outside.send(HELLO % (0, 0)) == []
+    assert outside.factory.connections == set()
 
 
 def test_readonly_anonymous_access_refuses_modifications(pool):

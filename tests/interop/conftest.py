@@ -2,7 +2,7 @@
 
 import pytest
 
-from interop_support import Door, _doors
+from interop_support import TRUST_LOCAL, Door, _doors
 
 
 @pytest.fixture(scope="session")
@@ -22,4 +22,4 @@ def doors(tmp_path_factory):
 @pytest.fixture
 def door(doors):
     """The usual door: full anonymous access, overwriting allowed."""
-    return doors("--anonymous-access", "FULL", "--allow-truncate")
+    return doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--allow-truncate")

@@ -200,3 +200,20 @@ def _closed_by_peer_after_draining(sock):
     except ConnectionResetError:
         pass
     return total < 32 * (1 << 20)
+
+
+def test_a_client_claiming_uid_0_is_anonymous_on_a_door_that_trusts_nobody(doors):
+    door = doors("--anonymous-access", "FULL")  # no --trust-client-uid: the default
+    door.storage().namespace.mkdir("/private", ROOT, 0o755) if _gone(door, "/private") else None
+    door.put("/private/mine", b"secret", mode=0o600)
+    door.storage().namespace.chown("/private/mine", ROOT, 1000, 1000)
+    c = ControlClient(door.port, uid=0, gid=0)
+    try:
+        line = c.ask('1 0 client open "%s" r -passive localhost 0 -uid=0' % door.url("/private/mine"))
+        assert line.startswith('1 0 client failed 19 "Permission denied: /private/mine is 0600')
+        assert "client is anonymous" in line
+        assert c.ask('2 0 client unlink "%s" -uid=0' % door.url("/private/mine")).endswith("EACCES")
+    finally:
+        c.close()
+    assert door.read("/private/mine") == b"secret"
+    assert "all anonymous (no --trust-client-uid)" in door.log_text()
