@@ -417,14 +417,22 @@ class DoorProtocol(LineOnlyReceiver):
 
     def _connect_back(self, session: Session) -> Optional[defer.Deferred]:
         r = session.request
-        host = r.args[2] if len(r.args) > 2 else ""
+        named = r.args[2] if len(r.args) > 2 else ""
         try:
             port = int(r.args[3])
         except (IndexError, ValueError):
             session.failed(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
             return None
-        if not _is_ip(host):
-            host = self.transport.getPeer().host
+        if not 0 < port < 65536:
+            session.failed(TransferError(RC_INVALID_ARGS, "callback port %d is out of range"
+                                         % (port,), "EINVAL"))
+            return None
+        # Only ever the control connection's peer, whatever host the client names:
+        # the door delivers no data to, and probes no port of, a third host.
+        host = self.transport.getPeer().host
+        if _is_ip(named) and named != host:
+            log.info("transfer {tid}: client named {named} for its callback; connecting to "
+                     "its own address {host}", tid=session.tid, named=named, host=host)
         channel = DataChannel(transfer=session.transfer)
         d = connect_to_client(self.factory.reactor, host, port, channel)
 
@@ -436,8 +444,10 @@ class DoorProtocol(LineOnlyReceiver):
         def failed(f):
             if f.check(defer.CancelledError):
                 return
-            session.failed(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
-                                         % (host, port, f.getErrorMessage())))
+            log.info("transfer {tid}: cannot connect back to {host}:{port}: {error}",
+                     tid=session.tid, host=host, port=port, error=f.getErrorMessage())
+            session.failed(TransferError(RC_INTERNAL, "cannot connect back to the client's "
+                                         "callback port %d" % (port,)))
 
         d.addCallbacks(connected, failed)
         return d

@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import pytest
+from twisted.python.failure import Failure
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -153,6 +154,38 @@ def test_peers_outside_the_allowed_subnets_are_refused_at_connect(pool):
     assert outside.transport.disconnecting or outside.transport.disconnected
     assert outside.send(HELLO % (0, 0)) == []
     assert outside.factory.connections == set()
+
+
+@pytest.mark.parametrize("named", ["10.9.9.9", "127.0.0.2", "::1", "mail.example.org", "-"])
+def test_connect_back_goes_to_the_control_peer_whatever_host_is_named(pool, named):
+    put(pool, "/f", b"data")
+    c = Client(pool, connect_back=True)
+    assert c.send(b'1 0 client open "%s" r %s 2049 -uid=0\n'
+                  % (url("/f").encode(), named.encode())) == []
+    host, port = c.factory.reactor.tcpClients[-1][:2]
+    assert (host, port) == ("127.0.0.1", 2049)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "x"])
+def test_connect_back_refuses_callback_ports_out_of_range(pool, port):
+    put(pool, "/f", b"data")
+    c = Client(pool, connect_back=True)
+    assert c.ask('1 0 client open "%s" r 127.0.0.1 %s -uid=0' % (url("/f"), port)).startswith(
+        '1 0 client failed 10015 ')
+    assert c.factory.reactor.tcpClients == []
+
+
+def test_a_failed_connect_back_names_only_the_callback_port(pool):
+    put(pool, "/f", b"data")
+    c = Client(pool, connect_back=True)
+    c.send(b'1 0 client open "%s" r 127.0.0.1 2049 -uid=0\n' % url("/f").encode())
+    connector = c.factory.reactor.connectors[-1]
+    c.transport.clear()
+    factory = c.factory.reactor.tcpClients[-1][2]
+    from twisted.internet.error import ConnectionRefusedError
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    assert c.transport.value() == \
+        b'1 0 client failed 5 "cannot connect back to the client\'s callback port 2049"\n'
 
 
 def test_readonly_anonymous_access_refuses_modifications(pool):

@@ -107,8 +107,8 @@ def test_control_lost_while_staging_leaves_no_watch_and_no_stage_wait(tape_pool,
 def test_connect_back_attempt_stops_when_its_session_ends(tmp_path, reactor):
     pool = open_pool(str(tmp_path / "root"), fsync=False)
     store(pool, "/f", b"data")
-    factory = DoorFactory(pool, DoorConfig(access=Access.FULL, trust_client_uid=TRUSTED, connect_back=True),
-                          reactor)
+    config = DoorConfig(access=Access.FULL, trust_client_uid=TRUSTED, connect_back=True)
+    factory = DoorFactory(pool, config, reactor)
     proto, ctl = connect(factory)
     assert ask(proto, ctl, '1 0 client open "dcap://h/f" r 127.0.0.1 33000 -uid=0') == []
     assert 1 in proto.sessions  # awaiting the mover

@@ -10,6 +10,7 @@ from distcache.dcap import mover_codec as mc
 from distcache.dcap.errors import NotFound
 from distcache.dcap.namespace import ROOT
 
+from interop_support import TRUST_LOCAL
 from rawclient import ControlClient, DataClient
 from polling import wait_until
 
@@ -217,3 +218,47 @@ def test_a_client_claiming_uid_0_is_anonymous_on_a_door_that_trusts_nobody(doors
         c.close()
     assert door.read("/private/mine") == b"secret"
     assert "all anonymous (no --trust-client-uid)" in door.log_text()
+
+
+def _listen_pair():
+    """Listening sockets on 127.0.0.1 and 127.0.0.2 with one port number."""
+    import socket
+    for _ in range(20):
+        a = socket.socket()
+        a.bind(("127.0.0.1", 0))
+        port = a.getsockname()[1]
+        b = socket.socket()
+        try:
+            b.bind(("127.0.0.2", port))
+        except OSError:
+            a.close()
+            b.close()
+            continue
+        a.listen(1)
+        b.listen(1)
+        return a, b, port
+    raise RuntimeError("no port free on both 127.0.0.1 and 127.0.0.2")
+
+
+def test_connect_back_reaches_only_the_control_peer_whatever_host_is_named(doors):
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--connect-back")
+    door.put("/bounce/f", b"file data")
+    mine, third, port = _listen_pair()
+    c = ControlClient(door.port)
+    try:
+        c.send('1 0 client open "%s" r 127.0.0.2 %d -uid=0' % (door.url("/bounce/f"), port))
+        mine.settimeout(10)
+        data, _ = mine.accept()  # the door came to the control connection's own address
+        assert struct.unpack(">ii", data.recv(8)) == (1, 0)  # session id, then 0
+        third.setblocking(False)
+        try:
+            third.accept()
+            raise AssertionError("the door connected to the host the client named")
+        except BlockingIOError:
+            pass
+        data.close()
+    finally:
+        c.close()
+        mine.close()
+        third.close()
+    assert "client named 127.0.0.2 for its callback" in door.log_text()
