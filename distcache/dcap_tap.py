@@ -15,7 +15,9 @@ from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
 from distcache.dcap.door import DoorFactory, host_port
-from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
+from distcache.dcap.doorconfig import (
+    DEFAULT_MAX_WAITING_OPENS, DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range,
+)
 from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
@@ -54,6 +56,9 @@ class Options(PolicyOptions):
         ["allowed-subnets", None, None,
          "CIDR[,CIDR...]: only peers in these networks may connect; others are refused "
          "at connect (default: any peer)."],
+        ["max-waiting-opens", None, DEFAULT_MAX_WAITING_OPENS,
+         "Opens one control connection may have waiting for their data connection; more "
+         "are refused (each holds a data port and a file).", int],
         ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
          "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
          "clients still connected that it shuts down.", float],
@@ -87,6 +92,8 @@ class Options(PolicyOptions):
                     parse_networks(self[name])
                 except NetworkListError as e:
                     raise usage.UsageError("--%s: %s" % (name, e))
+        if self["max-waiting-opens"] < 1:
+            raise usage.UsageError("--max-waiting-opens must be at least 1")
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
         self["policy"] = policy_from_options(self)
@@ -105,6 +112,7 @@ def door_config(options) -> DoorConfig:
         shutdown_grace=float(options["shutdown-grace"]),
         trust_client_uid=_networks(options.get("trust-client-uid")),
         allowed_subnets=_networks(options.get("allowed-subnets")),
+        max_waiting_opens=int(options.get("max-waiting-opens", DEFAULT_MAX_WAITING_OPENS)),
     )
 
 

@@ -70,6 +70,8 @@ class DoorProtocol(LineOnlyReceiver):
         self.peer = "?"
         #: Whether this client's claimed uid/gid are believed (--trust-client-uid).
         self.trusted = False
+        #: Whether the waiting-opens limit was logged since this client last was under it.
+        self.waiting_logged = False
 
     @property
     def config(self) -> DoorConfig:
@@ -301,12 +303,31 @@ class DoorProtocol(LineOnlyReceiver):
 
     # -- transfers -------------------------------------------------------
 
+    def waiting_opens(self) -> int:
+        """Opens and opendirs of this connection whose data connection is not up yet."""
+        return sum(1 for s in self.sessions.values() if s.tid is not None and s.waiting())
+
+    def _admit_open(self):
+        """Refuse an open beyond --max-waiting-opens (each holds a port and a file)."""
+        limit = self.config.max_waiting_opens
+        if self.waiting_opens() < limit:
+            self.waiting_logged = False
+            return
+        if not self.waiting_logged:
+            self.waiting_logged = True
+            log.warn("client {peer} has {n} opens waiting for their data connection "
+                     "(--max-waiting-opens); refusing more until some connect",
+                     peer=self.peer, n=limit)
+        raise DcapError(RC_INTERNAL, "Too many opens waiting for their data connection (%d)"
+                        % (limit,), "EMFILE")
+
     def do_open(self, r: Request):
         path = self.path(r)
         if len(r.args) < 2 or r.args[1] not in ("r", "w", "rw"):
             raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
         if self.factory.stopping:
             raise DcapError(RC_INTERNAL, "Door is shutting down")
+        self._admit_open()
         mode = r.args[1]
         subject = self.subject(r)
         pool = self.factory.pool
@@ -368,6 +389,7 @@ class DoorProtocol(LineOnlyReceiver):
 
     def do_opendir(self, r: Request):
         path = self.path(r)
+        self._admit_open()
         tid = self.factory.new_transfer_id()
         session = self._session(r, "opendir", path, tid=tid, answers=False)
 

@@ -11,6 +11,9 @@ from typing import Optional, Tuple
 
 from distcache.dcap.namespace import Access
 
+#: Opens (and opendirs) one control connection may have waiting for their data connection.
+DEFAULT_MAX_WAITING_OPENS = 64
+
 #: Seconds a stopping door lets running transfers go on before it cuts them.
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
@@ -30,6 +33,8 @@ class DoorConfig:
     trust_client_uid: Tuple[str, ...] = ()
     #: When set, only peers in these networks may connect (dcap.net.allowed-subnets).
     allowed_subnets: Tuple[str, ...] = ()
+    #: Opens one control connection may hold before its client connects for data.
+    max_waiting_opens: int = DEFAULT_MAX_WAITING_OPENS
 
 
 def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

@@ -115,6 +115,10 @@ class Session:
         """The Transfer's outcome callback (None on success)."""
         self.mover_finished(error)
 
+    def waiting(self) -> bool:
+        """True until the data connection is up (or the session has ended)."""
+        return self.state() in ("resolving", "staging", "awaiting_mover")
+
     @_machine.serializer()
     def state(self, state):
         """The current state's name (for tests and logs)."""

@@ -32,6 +32,8 @@ def test_defaults():
     assert not config.allow_truncate and not config.connect_back
     assert config.connect_host is None
     assert config.trust_client_uid == () and config.allowed_subnets == ()
+    assert config.max_waiting_opens == 64
+    assert dcap_tap.door_config(parse("--max-waiting-opens", "5")).max_waiting_opens == 5
 
 
 def test_network_options():
@@ -57,7 +59,8 @@ def test_every_option():
 
 @pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two"),
                                   ("--trust-client-uid", "everyone"),
-                                  ("--allowed-subnets", "10.0.0.0/33")])
+                                  ("--allowed-subnets", "10.0.0.0/33"),
+                                  ("--max-waiting-opens", "0")])
 def test_bad_values_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)

@@ -188,6 +188,28 @@ def test_a_failed_connect_back_names_only_the_callback_port(pool):
         b'1 0 client failed 5 "cannot connect back to the client\'s callback port 2049"\n'
 
 
+def test_a_connection_holds_a_bounded_number_of_waiting_opens(pool):
+    from distcache.dcap import mover_codec as mc
+    put(pool, "/f", b"data")
+    c = Client(pool, max_waiting_opens=3)
+    reactor = c.factory.reactor
+    replies = [c.ask('%d 0 client open "%s" r -passive h 0 -uid=0' % (sid, url("/f")))
+               for sid in (1, 2, 3)]
+    assert all(" client connect " in line for line in replies)
+    refused = '4 0 client failed 5 "Too many opens waiting for their data connection (3)" EMFILE'
+    assert c.ask('4 0 client open "%s" r -passive h 0 -uid=0' % url("/f")) == refused
+    assert c.ask('5 0 client opendir "%s" h 0 -uid=0' % url("/")).startswith(
+        '5 0 client failed 5 "Too many opens waiting')
+    assert len(reactor.tcpServers) == 3  # the refused ones hold no data port
+    # the first client connects for its data: one open is no longer waiting
+    words = replies[0].split()
+    channel = reactor.tcpServers[0][1].buildProtocol(None)  # the mover of open 1
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(mc.encode_hello(1, words[6].encode("ascii")))
+    assert c.proto.waiting_opens() == 2
+    assert " client connect " in c.ask('6 0 client open "%s" r -passive h 0 -uid=0' % url("/f"))
+
+
 def test_readonly_anonymous_access_refuses_modifications(pool):
     put(pool, "/f", b"x")
     c = Client(pool)  # READONLY is the default

@@ -151,6 +151,15 @@ def check_ended(walk):
     assert all(t.ended for t in walk.transfers)       # transfers ended (files closed)
 
 
+@pytest.mark.parametrize("state", STATES)
+def test_a_session_waits_for_its_client_until_the_data_connection_is_up(state):
+    walk = Walk()
+    for step in PATHS[state]:
+        walk.fire(step)
+    assert walk.session.state() == state
+    assert walk.session.waiting() is (state in ("resolving", "staging", "awaiting_mover"))
+
+
 def test_the_table_covers_every_state_and_input():
     assert set(TABLE) == set(STATES)
     assert all(len(row) == len(INPUTS) for row in TABLE.values())
