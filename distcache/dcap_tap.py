@@ -172,9 +172,6 @@ class DoorService(ConfiguredService):
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
-        log.info("DCAP door policy: {summary}",
-                 summary=policy_summary(self.policy, self.config.access,
-                                        self.config.allow_truncate))
         log.info("DCAP door clients: {trust}{allowed}",
                  trust=("uid/gid believed from " + ", ".join(self.config.trust_client_uid)
                         + ", anonymous elsewhere") if self.config.trust_client_uid
@@ -184,6 +181,10 @@ class DoorService(ConfiguredService):
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        # The policy line comes last: it says start-up is complete.
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
 
     def stopService(self):
         """Stop gently: listeners first, then sessions (within the grace), then storage.
