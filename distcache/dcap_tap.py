@@ -16,7 +16,8 @@ from distcache.configured import ConfiguredService
 from distcache.listening import Listener
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import (
-    DEFAULT_MAX_WAITING_OPENS, DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range,
+    DEFAULT_MAX_WAITING_OPENS, DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
+    parse_version_range,
 )
 from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
@@ -59,6 +60,9 @@ class Options(PolicyOptions):
         ["max-waiting-opens", None, DEFAULT_MAX_WAITING_OPENS,
          "Opens one control connection may have waiting for their data connection; more "
          "are refused (each holds a data port and a file).", int],
+        ["max-file-size", None, None,
+         "Largest file a client may write, in bytes or with K, M, G or T (10G); a write "
+         "announcing more (-alloc-size) is refused with ENOSPC (default: no limit)."],
         ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
          "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
          "clients still connected that it shuts down.", float],
@@ -92,6 +96,11 @@ class Options(PolicyOptions):
                     parse_networks(self[name])
                 except NetworkListError as e:
                     raise usage.UsageError("--%s: %s" % (name, e))
+        if self["max-file-size"] is not None:
+            try:
+                parse_size(self["max-file-size"])
+            except ValueError as e:
+                raise usage.UsageError("--max-file-size: %s" % (e,))
         if self["max-waiting-opens"] < 1:
             raise usage.UsageError("--max-waiting-opens must be at least 1")
         if self["shutdown-grace"] < 0:
@@ -113,6 +122,8 @@ def door_config(options) -> DoorConfig:
         trust_client_uid=_networks(options.get("trust-client-uid")),
         allowed_subnets=_networks(options.get("allowed-subnets")),
         max_waiting_opens=int(options.get("max-waiting-opens", DEFAULT_MAX_WAITING_OPENS)),
+        max_file_size=parse_size(options["max-file-size"]) if options.get("max-file-size")
+        else None,
     )
 
 

@@ -30,7 +30,7 @@ from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.errors import (
-    RC_BAD_COMMAND, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
+    RC_BAD_COMMAND, RC_DISK_IO, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
     DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
@@ -329,6 +329,8 @@ class DoorProtocol(LineOnlyReceiver):
             raise DcapError(RC_INTERNAL, "Door is shutting down")
         self._admit_open()
         mode = r.args[1]
+        if mode != "r":
+            self._admit_size(r)
         subject = self.subject(r)
         pool = self.factory.pool
         tid = self.factory.new_transfer_id()
@@ -357,6 +359,21 @@ class DoorProtocol(LineOnlyReceiver):
                                          label="%s %s" % (mode, path)), passive)
 
         session.follow(upload, start)
+
+    def _admit_size(self, r: Request):
+        """Refuse a write whose announced size (-alloc-size) cannot fit, before data moves."""
+        size = r.int_option("alloc-size", -1)
+        if size < 0:
+            return
+        limit = self.config.max_file_size
+        if limit is not None and size > limit:
+            raise DcapError(RC_DISK_IO, "No space left on device: %d bytes announced, this "
+                            "door stores files of at most %d bytes (--max-file-size)"
+                            % (size, limit), "ENOSPC")
+        free = self.factory.pool.free_space()
+        if size > free:
+            raise DcapError(RC_DISK_IO, "No space left on device: %d bytes announced, the "
+                            "pool has %d bytes free" % (size, free), "ENOSPC")
 
     def _overwrite_hint(self, r: Request) -> str:
         """How a client whose write onto an existing file was refused can overwrite it."""

@@ -35,6 +35,8 @@ class DoorConfig:
     allowed_subnets: Tuple[str, ...] = ()
     #: Opens one control connection may hold before its client connects for data.
     max_waiting_opens: int = DEFAULT_MAX_WAITING_OPENS
+    #: Largest file a write may announce (-alloc-size), in bytes; None: no limit.
+    max_file_size: Optional[int] = None
 
 
 def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -48,3 +50,18 @@ def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         return tuple(int(x) for x in part.split("."))
 
     return version(low), version(high)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count, with an optional binary suffix K, M, G or T (``10G``)."""
+    text = text.strip().upper()
+    if text.endswith("B"):
+        text = text[:-1]
+    unit = text[-1:] if text[-1:] in _UNITS and text[-1:] else ""
+    number = text[:-1] if unit else text
+    if not number.isdigit() or not number.isascii():
+        raise ValueError("%r is not a size such as 1048576, 512M or 10G" % (text,))
+    return int(number) * _UNITS[unit]

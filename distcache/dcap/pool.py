@@ -213,6 +213,11 @@ class Pool:
 
     # -- data files -----------------------------------------------------
 
+    def free_space(self):
+        """Bytes an unprivileged writer may still add to the pool's filesystem."""
+        st = os.statvfs(self.incoming_dir)
+        return st.f_bavail * st.f_frsize
+
     def _data_path(self, pnfsid):
         return os.path.join(self.data_dir, pnfsid)
 

@@ -34,6 +34,9 @@ def test_defaults():
     assert config.trust_client_uid == () and config.allowed_subnets == ()
     assert config.max_waiting_opens == 64
     assert dcap_tap.door_config(parse("--max-waiting-opens", "5")).max_waiting_opens == 5
+    assert config.max_file_size is None
+    assert dcap_tap.door_config(parse("--max-file-size", "2G")).max_file_size == 2 << 30
+    assert dcap_tap.door_config(parse("--max-file-size", "4096")).max_file_size == 4096
 
 
 def test_network_options():
@@ -60,7 +63,8 @@ def test_every_option():
 @pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two"),
                                   ("--trust-client-uid", "everyone"),
                                   ("--allowed-subnets", "10.0.0.0/33"),
-                                  ("--max-waiting-opens", "0")])
+                                  ("--max-waiting-opens", "0"), ("--max-file-size", "1.5G"),
+                                  ("--max-file-size", "G"), ("--max-file-size", "-1")])
 def test_bad_values_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)

@@ -210,6 +210,30 @@ def test_a_connection_holds_a_bounded_number_of_waiting_opens(pool):
     assert " client connect " in c.ask('6 0 client open "%s" r -passive h 0 -uid=0' % url("/f"))
 
 
+def test_a_write_announcing_more_than_the_max_file_size_is_refused(pool):
+    c = Client(pool, access=Access.FULL, max_file_size=100)
+    assert c.ask('1 0 client open "%s" w -alloc-size=101 -passive h 0 -uid=0' % url("/big")) == \
+        '1 0 client failed 204 "No space left on device: 101 bytes announced, this door' \
+        ' stores files of at most 100 bytes (--max-file-size)" ENOSPC'
+    assert c.factory.reactor.tcpServers == []  # no data port was opened
+    assert " client connect " in c.ask(
+        '2 0 client open "%s" w -alloc-size=100 -passive h 0 -uid=0' % url("/fits"))
+    assert " client connect " in c.ask(  # without an announced size the open goes on
+        '3 0 client open "%s" w -passive h 0 -uid=0' % url("/unknown"))
+
+
+def test_a_write_announcing_more_than_the_pool_holds_is_refused(pool):
+    c = Client(pool, access=Access.FULL)
+    free = pool.free_space()
+    line = c.ask('1 0 client open "%s" w -alloc-size=%d -passive h 0 -uid=0'
+                 % (url("/huge"), free + 10 ** 12))
+    assert line.startswith('1 0 client failed 204 "No space left on device: ')
+    assert line.endswith('bytes free" ENOSPC')
+    assert c.factory.reactor.tcpServers == []
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/huge", ROOT)
+
+
 def test_readonly_anonymous_access_refuses_modifications(pool):
     put(pool, "/f", b"x")
     c = Client(pool)  # READONLY is the default

@@ -199,3 +199,23 @@ def test_readonly_door_serves_reads_and_refuses_writes(doors, tmp_path):
     assert rc == 255
     assert "Permission denied" in out
     assert not _exists(door, "/ro/y")
+
+
+def test_a_write_announcing_more_than_max_file_size_is_refused_before_data_moves(doors, tmp_path):
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--allow-truncate",
+                 "--max-file-size", "1K")
+    door.put("/cap/kept", b"old contents")
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 2048)
+    rc, out = dccp("-X", "-alloc-size=2048", src, door.url("/cap/kept"))
+    assert rc != 0
+    assert "No space left on device" in out and "--max-file-size" in out
+    assert door.read("/cap/kept") == b"old contents"
+    log = door.log_text()
+    assert "failed: 204 No space left on device: 2048 bytes announced" in log
+    assert "data connection up" not in log  # refused at the open: no mover ever started
+    small = tmp_path / "small"
+    small.write_bytes(b"y" * 1000)
+    rc, out = dccp("-X", "-alloc-size=1000", small, door.url("/cap/small"))
+    assert rc == 0, out
+    assert door.read("/cap/small") == b"y" * 1000
