@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections import OrderedDict
 from io import BytesIO
 from typing import Dict, Optional, Set
 
@@ -59,6 +60,10 @@ class DoorProtocol(LineOnlyReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = 65536
+    #: Failed writes a connection remembers for the client's clean-up unlink.
+    FAILED_WRITES_KEPT = 16
+    #: Seconds after a failed write during which unlinks of its path are its clean-up.
+    CLEANUP_WINDOW = 30.0
 
     def __init__(self):
         self.sessions: Dict[int, Session] = {}
@@ -70,6 +75,8 @@ class DoorProtocol(LineOnlyReceiver):
         self.peer = "?"
         #: Whether this client's claimed uid/gid are believed (--trust-client-uid).
         self.trusted = False
+        #: Paths whose write failed on this connection -> (transfer id, when); see do_unlink.
+        self.failed_writes: "OrderedDict[str, tuple]" = OrderedDict()
         #: Whether the waiting-opens limit was logged since this client last was under it.
         self.waiting_logged = False
 
@@ -128,6 +135,11 @@ class DoorProtocol(LineOnlyReceiver):
     def session_ended(self, session: Session):
         """A session is done: its id may be used again."""
         self.sessions.pop(session.sid, None)
+        if session.failed_write():
+            self.failed_writes.pop(session.path, None)
+            self.failed_writes[session.path] = (session.tid, self.factory.reactor.seconds())
+            while len(self.failed_writes) > self.FAILED_WRITES_KEPT:
+                self.failed_writes.popitem(last=False)
         self.factory.session_ended()
 
     # -- dispatch ----------------------------------------------------------
@@ -237,7 +249,29 @@ class DoorProtocol(LineOnlyReceiver):
         return self._ok_after(self.factory.namespace.rmdir(self.path(r), self.subject(r)), r)
 
     def do_unlink(self, r: Request):
-        return self._ok_after(self.factory.pool.unlink(self.path(r), self.subject(r)), r)
+        """Remove a file, except as the clean-up of a write that just failed here.
+
+        After a failed write dccp unlinks its destination (twice: after the
+        close fails and again as it gives up), to remove a partial file.
+        Here a failed write leaves nothing: its upload is discarded and the
+        earlier version kept.  So an unlink of a path whose write failed on
+        the same control connection less than CLEANUP_WINDOW seconds ago
+        removes what that write left, which is nothing, and answers ok.  A
+        new open of the path on the connection ends that window; an unlink
+        after it, or on another connection, removes the file.
+        """
+        path = self.path(r)
+        failed = self.failed_writes.get(path)
+        if failed is not None:
+            tid, when = failed
+            if self.factory.reactor.seconds() - when <= self.CLEANUP_WINDOW:
+                log.info("unlink {path} after its failed write (transfer {tid}) from {peer}: "
+                         "nothing to remove, the earlier version is kept", path=path, tid=tid,
+                         peer=self.peer)
+                self._ok(r)
+                return None
+            del self.failed_writes[path]
+        return self._ok_after(self.factory.pool.unlink(path, self.subject(r)), r)
 
     def do_chmod(self, r: Request):
         mode = control.decode_mode(r.option("mode"), -1)
@@ -329,6 +363,7 @@ class DoorProtocol(LineOnlyReceiver):
             raise DcapError(RC_INTERNAL, "Door is shutting down")
         self._admit_open()
         mode = r.args[1]
+        self.failed_writes.pop(path, None)  # a new open of the path ends the clean-up window
         if mode != "r":
             self._admit_size(r)
         subject = self.subject(r)

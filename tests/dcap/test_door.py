@@ -386,6 +386,36 @@ def test_rw_open_modifies_in_place_when_truncation_is_allowed(pool):
         assert f.read() == b"01ab456789"
 
 
+def test_unlinks_clean_up_a_failed_write_only_within_the_window(pool):
+    put(pool, "/f", b"earlier")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    clock = c.factory.reactor
+    line = c.ask('2 0 client open "%s" w -truncate h 1 -uid=0' % url("/f"))
+    channel, _, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_write() + mc.encode_data(b"new") +
+                         mc.encode_close(zlib.adler32(b"new") ^ 1))
+    assert c.transport.value().startswith(b'2 0 client failed 204 "Checksum mismatch')
+    clock.advance(c.proto.CLEANUP_WINDOW)
+    assert c.ask('3 0 client unlink "%s" -uid=0' % url("/f")) == "3 0 client ok"
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"earlier"
+    clock.advance(0.5)  # past the window: an unlink is the user's again
+    assert c.ask('4 0 client unlink "%s" -uid=0' % url("/f")) == "4 0 client ok"
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/f", ROOT)
+
+
+def test_a_refused_open_is_no_failed_write(pool):
+    put(pool, "/f", b"earlier")
+    c = Client(pool, access=Access.FULL)  # no --allow-truncate
+    assert c.ask('1 0 client open "%s" w -truncate h 1 -uid=0' % url("/f")).startswith(
+        '1 0 client failed 1 "File is readOnly')
+    assert c.ask('2 0 client unlink "%s" -uid=0' % url("/f")) == "2 0 client ok"
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/f", ROOT)
+
+
 def test_a_refused_overwrite_says_what_would_allow_it(pool):
     put(pool, "/f", b"old")
     c = Client(pool, access=Access.FULL, allow_truncate=True)

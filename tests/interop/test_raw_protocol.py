@@ -50,6 +50,50 @@ def test_close_with_a_wrong_adler32_fails_and_stores_nothing(door):
     c.close()
 
 
+def test_the_unlinks_after_a_failed_overwrite_keep_the_earlier_version(door):
+    door.put("/sum/kept", b"earlier version")
+    c = ControlClient(door.port)
+    line = c.ask('2 0 client open "%s" w -truncate -passive localhost 0 -uid=0'
+                 % door.url("/sum/kept"))
+    d = DataClient(line, 2)
+    d.send(mc.encode_write() + mc.encode_data(b"new data"))
+    assert d.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert d.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    d.send(mc.encode_close(zlib.adler32(b"new data") ^ 1))
+    assert d.reply()[:2] == (mc.ACK, mc.CLOSE)
+    assert c.line().startswith('2 0 client failed ')
+    # dccp's clean-up, twice, on the connection whose write failed: nothing is removed
+    assert c.ask('3 0 client unlink "%s" -uid=0' % door.url("/sum/kept")) == "3 0 client ok"
+    assert c.ask('4 0 client unlink "%s" -uid=0' % door.url("/sum/kept")) == "4 0 client ok"
+    assert door.read("/sum/kept") == b"earlier version"
+    # another connection's unlink is a user's: it removes the file
+    other = ControlClient(door.port)
+    assert other.ask('1 0 client unlink "%s" -uid=0' % door.url("/sum/kept")) == "1 0 client ok"
+    assert _gone(door, "/sum/kept")
+    other.close()
+    c.close()
+
+
+def test_a_new_open_ends_the_clean_up_window_of_a_failed_write(door):
+    door.put("/sum/again", b"earlier version")
+    c = ControlClient(door.port)
+    url = door.url("/sum/again")
+    line = c.ask('2 0 client open "%s" w -truncate -passive localhost 0 -uid=0' % url)
+    d = DataClient(line, 2)
+    d.send(mc.encode_write() + mc.encode_data(b"x"))
+    assert d.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert d.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    d.send(mc.encode_close(zlib.adler32(b"x") ^ 1))
+    assert d.reply()[:2] == (mc.ACK, mc.CLOSE)
+    assert c.line().startswith('2 0 client failed ')
+    line = c.ask('3 0 client open "%s" r -passive localhost 0 -uid=0' % url)
+    DataClient(line, 3).sock.close()
+    assert c.line().startswith("3 0 client ")
+    assert c.ask('4 0 client unlink "%s" -uid=0' % url) == "4 0 client ok"
+    assert _gone(door, "/sum/again")
+    c.close()
+
+
 def test_close_with_the_right_adler32_stores_the_file(door):
     c = ControlClient(door.port)
     line = c.ask('3 0 client open "%s" w -mode=0644 -passive localhost 0 -uid=0' % door.url("/good"))
