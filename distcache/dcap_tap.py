@@ -168,6 +168,7 @@ class DoorService(ConfiguredService):
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
                               workers=self.workers or INLINE)
+        self.pool.sweep_orphans()  # before any client can start a write
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         return self.factory
 

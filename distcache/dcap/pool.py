@@ -10,6 +10,7 @@ from disk (tape only) and staged back; concurrent stage requests of one
 file share a single recall.
 """
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,8 +28,10 @@ from distcache.dcap.errors import (
     RC_NOT_REGULAR,
     DcapError,
     NotCached,
+    NotFound,
     StageFailed,
 )
+from distcache.dcap.names import ino_of
 from distcache.dcap.sqlite_namespace import open_namespace
 from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
@@ -301,6 +304,40 @@ class Pool:
                     log.info("dropped stale upload {name}", name=name)
                 except OSError:
                     pass
+
+    def sweep_orphans(self):
+        """Remove data files that no namespace entry owns; the names removed.
+
+        A crash between placing an upload's data and committing its entry
+        leaves such a file.  The check runs inside the engine's exclusive
+        transaction where it has one, so a commit in another process (which
+        places its data inside its own transaction) is never mistaken for one.
+        Files whose names are not pnfs ids are not the pool's and stay.
+        """
+        exclusive = getattr(self.engine, "exclusive", None)
+        removed = []
+        with (exclusive() if exclusive is not None else contextlib.nullcontext()):
+            for name in sorted(os.listdir(self.data_dir)):
+                try:
+                    ino_of(name)
+                except DcapError:
+                    continue
+                try:
+                    self.engine.get(name)
+                    continue
+                except NotFound:
+                    pass  # only a definite "no such entry" makes data an orphan
+                path = os.path.join(self.data_dir, name)
+                try:
+                    size = os.stat(path).st_size
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(name)
+                log.info("pool sweep: removed {name} ({size} bytes), data that no namespace "
+                         "entry owns", name=name, size=size)
+        log.info("pool sweep: {n} orphaned data file(s) removed", n=len(removed))
+        return removed
 
     # -- tertiary storage -----------------------------------------------
 

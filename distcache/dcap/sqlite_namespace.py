@@ -136,6 +136,10 @@ class SQLiteNamespace:
     def _write(self):
         return _Transaction(self._db)
 
+    def exclusive(self):
+        """A write transaction as a context: no commit of any process runs inside it."""
+        return self._write()
+
     # -- rows and paths -------------------------------------------------
 
     def _row_by_ino(self, ino):
