@@ -96,6 +96,11 @@ class DoorProtocol(LineOnlyReceiver):
             self.transport.abortConnection()
             return
         self.trusted = in_networks(host, self.config.trust_client_uid)
+        # Replies are single short lines that the client waits for: without
+        # TCP_NODELAY the last of an exchange (the open's final ok) waits on the
+        # client's delayed ACK, 40 ms a small file.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.factory.connections.add(self)
         log.info("control connection from {peer}{trust}", peer=self.peer,
                  trust=" (client uid trusted)" if self.trusted else "")
