@@ -14,6 +14,7 @@ from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
+from distcache.startup import StartupError
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import (
     DEFAULT_MAX_WAITING_OPENS, DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
@@ -22,12 +23,14 @@ from distcache.dcap.doorconfig import (
 from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
-from distcache.dcap.stateroot import default_root
+from distcache.dcap.stateroot import default_root, unwritable_state
 from distcache.dcap.trust import NetworkListError, parse_networks
 
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:22125"
+#: The name of the door's one pool (policies and poollists name pools).
+POOL_NAME = "pool1"
 
 
 class Options(PolicyOptions):
@@ -158,25 +161,41 @@ class DoorService(ConfiguredService):
         return None
 
     def make_factory(self, reactor):
+        """The door's factory; its storage is attached when the service starts."""
+        self.factory = DoorFactory(None, self.config, reactor, policy=self.policy,
+                                   pool_name=POOL_NAME)
+        return self.factory
+
+    def open_storage(self, reactor):
+        """Open (or create) the namespace and pool as the user the door runs as.
+
+        This runs in startService, after twistd's --uid/--gid (or a tac file's
+        Application(uid=, gid=)) has dropped privileges, so a new state directory
+        belongs to that user; one it could not write refuses the start.
+        """
         from distcache.dcap import hsm
         from distcache.dcap.pool import open_pool
         from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
+        why = unwritable_state(root)
+        if why is not None:
+            raise StartupError(why)
         # Not a child service: the threads must outlive the listeners and the sessions'
         # grace, so stopService stops them itself, after the sessions are gone.  A
         # reactor without threads (a test's memory reactor) gets storage work inline.
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers or INLINE)
+                              workers=self.workers or INLINE, name=POOL_NAME)
         self.pool.sweep_orphans()  # before any client can start a write
-        self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
-        return self.factory
+        self.factory.attach(self.pool)
 
     def build(self, reactor):
         Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
 
     def startService(self):
         self._ensure_built()
+        if self.pool is None:
+            self._starting(lambda: self.open_storage(self.reactor))
         if self.workers is not None and not self.workers.running:
             self.workers.startService()
         super().startService()

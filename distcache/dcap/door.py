@@ -581,21 +581,28 @@ class DoorFactory(Factory):
     #: Seconds closing connections get to flush their last lines before they are cut.
     CLOSE_WAIT = 5.0
 
-    def __init__(self, pool, config: DoorConfig, reactor=None, policy=None):
+    def __init__(self, pool, config: DoorConfig, reactor=None, policy=None, pool_name=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
-        self.pool = pool
-        self.namespace = pool.namespace
+        self.pool = None
+        self.namespace = None
+        if pool is not None:
+            self.attach(pool)
         self.config = config
         self.reactor = reactor
-        self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
+        self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None) or pool_name)
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False
         self._transfer_ids = itertools.count(1)
         self._grace = None
         self._cut = None
         self._closed: Optional[defer.Deferred] = None
+
+    def attach(self, pool):
+        """The storage the door serves (given later when it is opened after a privilege drop)."""
+        self.pool = pool
+        self.namespace = pool.namespace
 
     def new_transfer_id(self) -> int:
         """A number naming one transfer in every log line about it."""
