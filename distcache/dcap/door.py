@@ -22,11 +22,13 @@ from io import BytesIO
 from typing import Dict, Optional, Set
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from distcache.dcap import control
+from distcache.dcap.auth import Account, PasswordFile
 from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
@@ -40,6 +42,8 @@ from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
 from distcache.dcap.trust import in_networks, subject_for
+from distcache.dcap.tunnel import LoginGate
+from distcache.dcap.workers import INLINE
 
 log = Logger()
 
@@ -79,6 +83,8 @@ class DoorProtocol(LineOnlyReceiver):
         self.failed_writes: "OrderedDict[str, tuple]" = OrderedDict()
         #: Whether the waiting-opens limit was logged since this client last was under it.
         self.waiting_logged = False
+        self.account: Optional[Account] = None  # who logged in through the ssl tunnel
+        self.gate: Optional[LoginGate] = None
 
     @property
     def config(self) -> DoorConfig:
@@ -102,8 +108,12 @@ class DoorProtocol(LineOnlyReceiver):
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
         self.factory.connections.add(self)
-        log.info("control connection from {peer}{trust}", peer=self.peer,
+        secure = ISSLTransport.providedBy(self.transport)
+        log.info("control connection from {peer}{tls}{trust}", peer=self.peer,
+                 tls=" (TLS)" if secure else "",
                  trust=" (client uid trusted)" if self.trusted else "")
+        self.gate = LoginGate(secure, self.factory.check_password, self._line, self._logged_in,
+                              self._login_refused, self._close, self.factory.reactor)
 
     # -- framing ---------------------------------------------------------
 
@@ -111,6 +121,15 @@ class DoorProtocol(LineOnlyReceiver):
         self._violation("line longer than %d bytes" % (self.MAX_LENGTH,))
 
     def lineReceived(self, line: bytes):
+        if self.closed:
+            return
+        if self.gate is None:
+            self._line(line)
+        else:
+            self.gate.line(line)
+
+    def _line(self, line: bytes):
+        """A control line past the login gate."""
         if self.closed:
             return
         try:
@@ -131,6 +150,20 @@ class DoorProtocol(LineOnlyReceiver):
         self.transport.write(control.protocol_violation(reason))
         self.closed = True
         self.transport.loseConnection()
+
+    def _logged_in(self, account: Account):
+        self.account = account
+        log.info("control connection from {peer}: user {user} logged in (uid {uid}, gid {gid})",
+                 peer=self.peer, user=account.user, uid=account.uid, gid=account.gid)
+
+    def _login_refused(self, reason: str):
+        log.warn("control connection from {peer}: login refused: {reason}", peer=self.peer,
+                 reason=reason)
+
+    def _close(self):
+        self.closed = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def send(self, line: bytes):
         """Write a reply line while the connection is open."""
@@ -196,7 +229,8 @@ class DoorProtocol(LineOnlyReceiver):
         """Who the request acts as (see trust.subject_for)."""
         uid = r.int_option("uid", self.uid)
         gid = r.int_option("gid", self.gid)
-        return subject_for(self.config.access, self.trusted, uid, gid)
+        verified = self.account.subject() if self.account is not None else None
+        return subject_for(self.config.access, self.trusted, uid, gid, verified)
 
     def path(self, r: Request, index: int = 0) -> str:
         if len(r.args) <= index:
@@ -542,6 +576,8 @@ class DoorProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason):
         self.closed = True
+        if self.gate is not None:
+            self.gate.lost()
         self.factory.connections.discard(self)
         why = DOOR_STOPPING if self.stopping else CLIENT_GONE
         sessions, self.sessions = self.sessions, {}
@@ -592,6 +628,7 @@ class DoorFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None) or pool_name)
+        self.passwords = PasswordFile(config.passwd) if config.passwd else None
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False
         self._transfer_ids = itertools.count(1)
@@ -607,6 +644,12 @@ class DoorFactory(Factory):
     def new_transfer_id(self) -> int:
         """A number naming one transfer in every log line about it."""
         return next(self._transfer_ids)
+
+    def check_password(self, user: str, password: str):
+        """The Account of user if password is right, else None (a Deferred off the reactor)."""
+        if self.passwords is None:
+            raise LookupError("this door has no password file (--passwd)")
+        return getattr(self.pool, "workers", INLINE).disk(self.passwords.check, user, password)
 
     def has_disk_copy(self, entry) -> bool:
         """What `check` asks: does a disk copy of entry exist?

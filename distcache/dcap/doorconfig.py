@@ -37,6 +37,9 @@ class DoorConfig:
     max_waiting_opens: int = DEFAULT_MAX_WAITING_OPENS
     #: Largest file a write may announce (-alloc-size), in bytes; None: no limit.
     max_file_size: Optional[int] = None
+    passwd: Optional[str] = None  # the accounts file of logins through the ssl tunnel
+    tls_cert: Optional[str] = None  # TLS on every control connection (the ssl tunnel)
+    tls_key: Optional[str] = None
 
 
 def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

@@ -49,6 +49,7 @@ class Subject:
     access: Access = Access.FULL
     gids: tuple = ()
     anonymous: bool = False
+    user: str = ""  # the account name of a client that logged in; "" for anonymous
 
     @property
     def superuser(self):

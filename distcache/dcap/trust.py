@@ -62,15 +62,16 @@ def in_networks(host: Optional[str], networks: Sequence[str]) -> bool:
 
 
 def subject_for(access: Access, trusted: bool, uid: int, gid: int,
-                verified: Optional[Tuple[int, int]] = None) -> Subject:
+                verified: Optional[Subject] = None) -> Subject:
     """The subject a request acts as.
 
-    verified is an identity the control line proved (uid, gid); without
-    one, the claimed uid/gid count only when the peer is trusted, and
-    otherwise the client is the anonymous user.
+    verified is the identity the control connection proved (a login
+    through the ssl tunnel), which wins whatever the client claims;
+    without one, the claimed uid/gid count only when the peer is trusted,
+    and otherwise the client is the anonymous user.
     """
     if verified is not None:
-        return Subject(verified[0], verified[1], access)
+        return verified
     if trusted:
         return Subject(uid, gid, access)
     return anonymous_subject(access)

@@ -44,7 +44,9 @@ def test_trusted_claims_are_believed():
 
 
 def test_a_verified_identity_wins_over_claims_and_trust():
-    assert subject_for(Access.FULL, False, 0, 0, verified=(7, 8)) == Subject(7, 8, Access.FULL)
+    account = Subject(7, 8, Access.FULL, user="alice")
+    assert subject_for(Access.READONLY, False, 0, 0, verified=account) is account
+    assert subject_for(Access.READONLY, True, 0, 0, verified=account) is account
 
 
 @given(st.text(max_size=40))
