@@ -16,6 +16,7 @@ from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
 from distcache.startup import StartupError
+from distcache.metrics import DoorCollector, metrics_listener, registry_of
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import (
     DEFAULT_MAX_WAITING_OPENS, DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
@@ -26,6 +27,7 @@ from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root, unwritable_state
 from distcache.dcap.trust import NetworkListError, parse_networks
+from distcache.dcap.transferlog import TransferLog
 from distcache.dcap.auth import PasswordFile, PasswordFileError
 from distcache.dcap.tunnel import tls_options
 from distcache.mtls import CredentialsError
@@ -78,6 +80,10 @@ class Options(PolicyOptions):
         ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
          "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
          "clients still connected that it shuts down.", float],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR "
+                                "(any listening address form)."],
+        ["transfer-log", None, None, "Append one JSON line per finished transfer to FILE "
+                                     "(reopened when logrotate moves it)."],
     ]
     optFlags = [
         ["allow-truncate", None, "Let clients overwrite existing files (the client's -truncate)."],
@@ -115,6 +121,13 @@ class Options(PolicyOptions):
                 raise usage.UsageError("--max-file-size: %s" % (e,))
         if self["max-waiting-opens"] < 1:
             raise usage.UsageError("--max-waiting-opens must be at least 1")
+        if self["metrics"] is not None:
+            try:
+                address.parse(self["metrics"])
+            except address.AddressError as e:
+                raise usage.UsageError(f"--metrics: {e}")
+        if self["transfer-log"] is not None:
+            self["transfer-log"] = os.path.abspath(self["transfer-log"])
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
         self._check_tls()
@@ -178,8 +191,11 @@ class DoorService(ConfiguredService):
 
     runtime = ("pool", "factory", "workers")
 
-    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
+    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
+                 metrics=None, transfer_log=None):
         super().__init__(reactor)
+        self.metrics = metrics
+        self.transfer_log = transfer_log
         self.listen = listen
         self.root = root
         self.config = config
@@ -188,6 +204,12 @@ class DoorService(ConfiguredService):
         self.pool = None
         self.factory = None
         self.workers = None
+
+    def __setstate__(self, state):
+        state = dict(state)  # settings added since a tap was written take their defaults
+        state.setdefault("metrics", None)
+        state.setdefault("transfer_log", None)
+        super().__setstate__(state)
 
     @property
     def port(self):
@@ -225,6 +247,8 @@ class DoorService(ConfiguredService):
                               workers=self.workers or INLINE, name=POOL_NAME)
         self.pool.sweep_orphans()  # before any client can start a write
         self.factory.attach(self.pool)
+        if self.transfer_log is not None:
+            self.factory.transfer_log = TransferLog(self.transfer_log)
 
     def build(self, reactor):
         factory = self.make_factory(reactor)
@@ -233,6 +257,9 @@ class DoorService(ConfiguredService):
                                           False, factory)
             factory.noisy = False
         Listener(self.listen, factory, reactor=reactor).setServiceParent(self)
+        if self.metrics is not None:
+            metrics_listener(self.metrics, registry_of(DoorCollector(self.factory)),
+                             reactor=reactor).setServiceParent(self)
 
     def startService(self):
         self._ensure_built()
@@ -260,6 +287,12 @@ class DoorService(ConfiguredService):
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        listeners = [child for child in self if isinstance(child, Listener)]
+        if self.metrics is not None and len(listeners) > 1:
+            log.info("DCAP door metrics at http://{address}/metrics",
+                     address=host_port(listeners[1].port.getHost()))
+        if self.transfer_log is not None:
+            log.info("DCAP door transfer log {path}", path=self.transfer_log)
         # The policy line comes last: it says start-up is complete.
         log.info("DCAP door policy: {summary}",
                  summary=policy_summary(self.policy, self.config.access,
@@ -284,6 +317,8 @@ class DoorService(ConfiguredService):
             stopping = workers.stopService() if workers is not None and workers.running else None
             if pool is not None:
                 pool.engine.close()  # the database worker has finished its queue
+            if factory is not None and factory.transfer_log is not None:
+                factory.transfer_log.close()
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
@@ -298,4 +333,5 @@ class DoorService(ConfiguredService):
 
 def makeService(options):
     return DoorService(options["listen"], options["root"], door_config(options),
-                       fsync=not options["no-fsync"], policy=options.get("policy"))
+                       fsync=not options["no-fsync"], policy=options.get("policy"),
+                       metrics=options["metrics"], transfer_log=options["transfer-log"])

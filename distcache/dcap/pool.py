@@ -70,6 +70,8 @@ class Upload:
         self.file = file
         self.done = False
         self.committing = False
+        #: The Entry the commit published (None until then).
+        self.entry = None
 
     @property
     def path(self):
@@ -132,6 +134,7 @@ class Upload:
 
     def _published(self, pair):
         new, old = pair
+        self.entry = new
         self.done = True
         self.committing = False
 
