@@ -68,7 +68,7 @@ class Options(PolicyOptions):
          "at connect (default: any peer)."],
         ["max-waiting-opens", None, DEFAULT_MAX_WAITING_OPENS,
          "Opens one control connection may have waiting for their data connection; more "
-         "are refused (each holds a data port and a file).", int],
+         "are refused (each holds an open file until its client connects).", int],
         ["max-file-size", None, None,
          "Largest file a client may write, in bytes or with K, M, G or T (10G); a write "
          "announcing more (-alloc-size) is refused with ENOSPC (default: no limit)."],
