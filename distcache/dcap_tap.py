@@ -14,12 +14,13 @@ from twisted.python import usage
 from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
-from distcache.listening import Listener
+from distcache.listening import ConnectionLimits, Listener, parse_limit
 from distcache.startup import StartupError
 from distcache.metrics import DoorCollector, metrics_listener, registry_of
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import (
-    DEFAULT_MAX_WAITING_OPENS, DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
+    DEFAULT_MAX_LOGINS, DEFAULT_MAX_LOGINS_PER_PEER, DEFAULT_MAX_WAITING_OPENS,
+    DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
     parse_version_range,
 )
 from distcache.dcap.doorpolicy import policy_summary, port_warning
@@ -66,6 +67,11 @@ class Options(PolicyOptions):
         ["allowed-subnets", None, None,
          "CIDR[,CIDR...]: only peers in these networks may connect; others are refused "
          "at connect (default: any peer)."],
+        ["max-logins", None, DEFAULT_MAX_LOGINS,
+         "Control connections the door holds at once (dCache's -maxLogin); more are closed "
+         "as they connect, logged once until the door is under the limit again (0: no limit)."],
+        ["max-logins-per-peer", None, DEFAULT_MAX_LOGINS_PER_PEER,
+         "Control connections the door holds at once from one IP address (0: no limit)."],
         ["max-waiting-opens", None, DEFAULT_MAX_WAITING_OPENS,
          "Opens one control connection may have waiting for their data connection; more "
          "are refused (each holds an open file until its client connects).", int],
@@ -119,6 +125,8 @@ class Options(PolicyOptions):
                 parse_size(self["max-file-size"])
             except ValueError as e:
                 raise usage.UsageError("--max-file-size: %s" % (e,))
+        for name in ("max-logins", "max-logins-per-peer"):
+            self[name] = parse_limit(name, self[name])
         if self["max-waiting-opens"] < 1:
             raise usage.UsageError("--max-waiting-opens must be at least 1")
         if self["metrics"] is not None:
@@ -171,6 +179,8 @@ def door_config(options) -> DoorConfig:
         trust_client_uid=_networks(options.get("trust-client-uid")),
         allowed_subnets=_networks(options.get("allowed-subnets")),
         max_waiting_opens=int(options.get("max-waiting-opens", DEFAULT_MAX_WAITING_OPENS)),
+        max_logins=int(options.get("max-logins", DEFAULT_MAX_LOGINS)),
+        max_logins_per_peer=int(options.get("max-logins-per-peer", DEFAULT_MAX_LOGINS_PER_PEER)),
         max_file_size=parse_size(options["max-file-size"]) if options.get("max-file-size")
         else None,
         passwd=os.path.abspath(options["passwd"]) if options["passwd"] else None,
@@ -178,6 +188,12 @@ def door_config(options) -> DoorConfig:
         tls_key=os.path.abspath(options["tls-key"] or options["tls-cert"])
         if options["tls-cert"] else None,
     )
+
+
+def login_limits(config) -> ConnectionLimits:
+    """The door's --max-logins and --max-logins-per-peer as listener limits."""
+    return ConnectionLimits(config.max_logins, config.max_logins_per_peer,
+                            option="max-logins", per_peer_option="max-logins-per-peer")
 
 
 def _networks(text):
@@ -256,7 +272,8 @@ class DoorService(ConfiguredService):
             factory = TLSMemoryBIOFactory(tls_options(self.config.tls_cert, self.config.tls_key),
                                           False, factory)
             factory.noisy = False
-        Listener(self.listen, factory, reactor=reactor).setServiceParent(self)
+        Listener(self.listen, factory, reactor=reactor,
+                 limits=login_limits(self.config)).setServiceParent(self)
         if self.metrics is not None:
             metrics_listener(self.metrics, registry_of(DoorCollector(self.factory)),
                              reactor=reactor).setServiceParent(self)

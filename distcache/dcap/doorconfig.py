@@ -14,6 +14,10 @@ from distcache.dcap.namespace import Access
 #: Opens (and opendirs) one control connection may have waiting for their data connection.
 DEFAULT_MAX_WAITING_OPENS = 64
 
+#: Control connections the door holds at once (dCache's -maxLogin), and from one address.
+DEFAULT_MAX_LOGINS = 1500
+DEFAULT_MAX_LOGINS_PER_PEER = 500
+
 #: Seconds a stopping door lets running transfers go on before it cuts them.
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
@@ -35,6 +39,9 @@ class DoorConfig:
     allowed_subnets: Tuple[str, ...] = ()
     #: Opens one control connection may hold before its client connects for data.
     max_waiting_opens: int = DEFAULT_MAX_WAITING_OPENS
+    #: Control connections held at once, in total and from one address (0: no limit).
+    max_logins: int = DEFAULT_MAX_LOGINS
+    max_logins_per_peer: int = DEFAULT_MAX_LOGINS_PER_PEER
     #: Largest file a write may announce (-alloc-size), in bytes; None: no limit.
     max_file_size: Optional[int] = None
     passwd: Optional[str] = None  # the accounts file of logins through the ssl tunnel

@@ -35,6 +35,10 @@ def test_defaults():
     assert config.max_waiting_opens == 64
     assert dcap_tap.door_config(parse("--max-waiting-opens", "5")).max_waiting_opens == 5
     assert config.max_file_size is None
+    assert (config.max_logins, config.max_logins_per_peer) == (1500, 500)
+    limits = dcap_tap.login_limits(dcap_tap.door_config(
+        parse("--max-logins", "10", "--max-logins-per-peer", "0")))
+    assert (limits.total, limits.per_peer, limits.option) == (10, 0, "max-logins")
     assert dcap_tap.door_config(parse("--max-file-size", "2G")).max_file_size == 2 << 30
     assert dcap_tap.door_config(parse("--max-file-size", "4096")).max_file_size == 4096
 
@@ -64,7 +68,8 @@ def test_every_option():
                                   ("--trust-client-uid", "everyone"),
                                   ("--allowed-subnets", "10.0.0.0/33"),
                                   ("--max-waiting-opens", "0"), ("--max-file-size", "1.5G"),
-                                  ("--max-file-size", "G"), ("--max-file-size", "-1")])
+                                  ("--max-file-size", "G"), ("--max-file-size", "-1"),
+                                  ("--max-logins", "-1"), ("--max-logins-per-peer", "many")])
 def test_bad_values_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)
