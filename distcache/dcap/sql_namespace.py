@@ -65,6 +65,10 @@ class SQLNamespace:
         """Run an INSERT into inode; the new row's ino."""
         raise NotImplementedError
 
+    def exclusive(self):
+        """A write transaction as a context: no commit of any process runs inside it."""
+        return self._write()
+
     def _chain(self, parts):
         """The rows from the root along parts, as far as they exist."""
         rows = [self._row_by_ino(ROOT_INO)]
@@ -260,7 +264,7 @@ class SQLNamespace:
         _check_access(subject, write=True)
         with self._write():
             entry = self._lookup(path, subject)
-            if not (subject.superuser or subject.uid == entry.uid):
+            if not (subject.superuser or subject.owns(entry.uid)):
                 raise _owner_only(entry, subject, "only its owner or uid 0 may chmod it")
             self._run(
                 "UPDATE inode SET mode = ?, ctime = ? WHERE ino = ?",
@@ -273,7 +277,7 @@ class SQLNamespace:
         with self._write():
             entry = self._lookup(path, subject)
             if not subject.superuser and not (
-                uid == entry.uid == subject.uid and (gid is None or subject.in_group(gid))
+                uid == entry.uid and subject.owns(uid) and (gid is None or subject.in_group(gid))
             ):
                 raise _owner_only(entry, subject, "only uid 0 may change its owner")
             self._run(
@@ -287,7 +291,7 @@ class SQLNamespace:
         with self._write():
             entry = self._lookup(path, subject)
             if not subject.superuser and not (
-                entry.uid == subject.uid and subject.in_group(gid)
+                subject.owns(entry.uid) and subject.in_group(gid)
             ):
                 raise _owner_only(entry, subject,
                                   "only its owner, to one of its own groups, or uid 0 may chgrp it")
@@ -457,6 +461,8 @@ _NEEDS = {1: "search", 2: "write", 3: "write and search", 4: "read"}
 
 
 def _who(subject):
+    if subject.anonymous:
+        return "client is anonymous (its uid is not trusted: see --trust-client-uid)"
     if subject.user:
         return "client is user %s (uid %d gid %d)" % (subject.user, subject.uid, subject.gid)
     return "client is uid %d gid %d (anonymous)" % (subject.uid, subject.gid)
@@ -486,7 +492,7 @@ def _may(entry, subject, bits):
     """POSIX permission check for bits (4 read, 2 write, 1 search/execute)."""
     if subject.superuser:
         return True
-    if subject.uid == entry.uid:
+    if subject.owns(entry.uid):
         have = (entry.mode >> 6) & 7
     elif subject.in_group(entry.gid):
         have = (entry.mode >> 3) & 7

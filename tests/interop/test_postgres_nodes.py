@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 
-from interop_support import DCCP, Door, dccp
+from interop_support import DCCP, TRUST_LOCAL, Door, dccp
 
 pytestmark = pytest.mark.skipif(DCCP is None, reason="dccp (Debian package dcap) is not installed")
 
@@ -30,7 +30,8 @@ def nodes(pg_url, tmp_path):
             tmp = str(tmp_path / name)
             os.makedirs(tmp)
             started.append(Door(tmp, "--namespace", pg_url, "--pool-name", "pool-" + name,
-                                "--anonymous-access", "FULL", "--connect-host", "127.0.0.1"))
+                                "--anonymous-access", "FULL", "--connect-host", "127.0.0.1",
+                                *TRUST_LOCAL))
         yield started
     finally:
         for door in started:
