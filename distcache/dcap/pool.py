@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from distcache.dcap.checksum import BLOCK_SIZE, adler32_of_file
 from distcache.dcap.errors import (
     RC_DISK_IO,
+    RC_INVALID_ARGS,
     RC_NOT_CACHED,
     RC_NOT_FILE,
     RC_NOT_ONLINE,
@@ -242,15 +243,18 @@ class Pool:
             raise NotCached(RC_NOT_CACHED, "File is not cached") from None
 
     def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False,
-                   overwrite_hint=None):
+                   overwrite_hint=None, access_latency=None, retention_policy=None):
         """Start an Upload of path; the namespace checks the subject's rights.
 
         replace allows a new version of an existing file (the door's
         truncate policy); copy_existing starts from the current data, for
         ``rw`` opens that modify a file in place; overwrite_hint ends the
-        refusal of an existing file when replace is false.
+        refusal of an existing file when replace is false; access_latency and
+        retention_policy (retention.py) are recorded on the new file.
         """
         def start(ticket):
+            ticket.access_latency = access_latency
+            ticket.retention_policy = retention_policy
             temp = os.path.join(
                 self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
             )
@@ -338,6 +342,9 @@ class Pool:
         def start(fresh):
             if fresh.tape_uri:
                 return fresh
+            if not fresh.flushable:
+                raise DcapError(RC_INVALID_ARGS, "File is ONLINE and REPLICA (disk only): "
+                                "it is never flushed to tape", "EPERM")
             if not self.is_cached(fresh):
                 raise NotCached(RC_NOT_CACHED, "File is not cached")
             return self._join(self._flushes, fresh, self._store)

@@ -42,7 +42,15 @@ ROOT_INO = 1
 
 _COLUMNS = (
     "ino, parent, name, type, mode, uid, gid, size, atime, mtime, ctime, "
-    "adler32, on_disk, tape_uri, pool, staging"
+    "adler32, on_disk, tape_uri, pool, staging, access_latency, retention_policy"
+)
+
+#: Columns added after the first schema, with their types: an older database
+#: gets them by ALTER TABLE when it is opened (and _SCHEMA has them for new ones).
+_ADDED_COLUMNS = (
+    ("staging", "INTEGER"),
+    ("access_latency", "TEXT"),
+    ("retention_policy", "TEXT"),
 )
 
 _SCHEMA = """
@@ -63,6 +71,8 @@ CREATE TABLE IF NOT EXISTS inode (
     tape_uri TEXT,
     pool TEXT,
     staging INTEGER,
+    access_latency TEXT,
+    retention_policy TEXT,
     UNIQUE (parent, name)
 );
 CREATE INDEX IF NOT EXISTS inode_tape ON inode (tape_uri) WHERE tape_uri IS NOT NULL;
@@ -100,8 +110,9 @@ class SQLiteNamespace:
                 if statement.strip():
                     self._run(statement)
             columns = {r[1] for r in self._all("PRAGMA table_info(inode)")}
-            if "staging" not in columns:
-                self._run("ALTER TABLE inode ADD COLUMN staging INTEGER")
+            for column, kind in _ADDED_COLUMNS:
+                if column not in columns:
+                    self._run("ALTER TABLE inode ADD COLUMN %s %s" % (column, kind))
             if self._row_by_ino(ROOT_INO) is None:
                 now = self._clock()
                 self._run(
@@ -152,9 +163,9 @@ class SQLiteNamespace:
     @staticmethod
     def _entry(row, path):
         (ino, parent, name, typ, mode, uid, gid, size, atime, mtime, ctime,
-         adler, on_disk, uri, pool, staging) = row
+         adler, on_disk, uri, pool, staging, latency, policy) = row
         return Entry(ino, parent, name, path, typ, mode, uid, gid, size, atime,
-                     mtime, ctime, adler, bool(on_disk), uri, pool, staging)
+                     mtime, ctime, adler, bool(on_disk), uri, pool, staging, latency, policy)
 
     def _resolve(self, parts, subject, missing):
         """Walk parts from the root checking search permission on each directory.
@@ -411,13 +422,16 @@ class SQLiteNamespace:
                 if not ticket.replace and current.ino != expected:
                     raise _read_only(ticket.path, None)
                 self._run("DELETE FROM inode WHERE ino = ?", (current.ino,))
+            # a new version of a file keeps what its creator asked for unless asked anew
+            latency = ticket.access_latency or (current.access_latency if current else None)
+            policy = ticket.retention_policy or (current.retention_policy if current else None)
             now = self._clock()
             new_ino = self._run(
                 "INSERT INTO inode (parent, name, type, mode, uid, gid, size, atime,"
-                " mtime, ctime, adler32, on_disk, pool)"
-                " VALUES (?, ?, 'f', ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                " mtime, ctime, adler32, on_disk, pool, access_latency, retention_policy)"
+                " VALUES (?, ?, 'f', ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                 (ticket.parent, ticket.name, ticket.mode, ticket.uid, ticket.gid,
-                 size, now, now, now, adler32, pool),
+                 size, now, now, now, adler32, pool, latency, policy),
             )
             self._touch(ticket.parent, now)
             new = self._entry(self._row_by_ino(new_ino), ticket.path)
