@@ -79,8 +79,10 @@ class Session:
         self.transfer = None
         self.listener = None
         self.pending: Optional[defer.Deferred] = None
-        #: The open's place in its mover queue while it holds one (an ioqueue.Slot).
+        #: The open's place in its mover queue while it holds one (an ioqueue.Slot),
+        #: and that queue's name (None: the default queue).
         self.slot = None
+        self.queue_name: Optional[str] = None
         #: The request line that opened the session, and its options.
         self.request = None
         self.options = {}
@@ -416,8 +418,8 @@ class Session:
 
     for _s in (awaiting_mover, transferring):
         _s.upon(mover_finished, enter=done,
-                outputs=[_cancel_pending, _close_listener, _release_slot, _finish_watch,
-                         _log_outcome, _reply_outcome, _forget])
+                outputs=[_cancel_pending, _close_listener, _finish_watch, _log_outcome,
+                         _reply_outcome, _release_slot, _forget])
     for _s in (resolving, staging, queued, done):
         _s.upon(mover_finished, enter=_s, outputs=[])
 
