@@ -47,7 +47,21 @@ def test_every_option():
     assert (service.listen, service.root, service.fsync) == ("tcp:2000:interface=127.0.0.1", "/tmp/x", False)
 
 
-@pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two")])
+def test_open_option_policies():
+    config = dcap_tap.door_config(parse())
+    assert not config.allow_access_latency and not config.allow_retention_policy
+    assert config.io_queues == ()
+    config = dcap_tap.door_config(parse("--allow-access-latency", "--allow-retention-policy",
+                                        "--io-queue", "tape=2", "--io-queue", "wan=5",
+                                        "--io-queue", "tape=3"))
+    assert config.allow_access_latency and config.allow_retention_policy
+    assert config.io_queues == (("wan", 5), ("tape", 3))
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+@pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two"),
+                                  ("--io-queue", "tape"), ("--io-queue", "tape=0"),
+                                  ("--io-queue", "default=3")])
 def test_bad_values_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)
