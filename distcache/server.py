@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from distcache import wire
 from distcache.address import address_text
+from distcache.sending import send
 
 _NOTOK = b"\x01"
 _OK = b"\x00"
@@ -119,7 +120,7 @@ class CacheServerProtocol(Protocol):
         except wire.ProtocolError as e:
             error = e
         if out:
-            self.transport.write(b"".join(out))
+            send(self.transport, b"".join(out))
         factory = self.factory
         factory.activity.operations += len(messages)
         factory.activity.counted()
@@ -186,7 +187,7 @@ class CacheServerProtocol(Protocol):
                 break
             out.append(_reply(message, answer))
         if out:
-            self.transport.write(b"".join(out))
+            send(self.transport, b"".join(out))
         if failure is not None:
             self._store_failed(failure)
         elif not queue and self.state is DRAINING:
