@@ -5,6 +5,7 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 """
 
 import os
+import socket
 
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
@@ -47,6 +48,10 @@ class Options(PolicyOptions):
                                       "(tcp:22125) or IP:host:port."],
         ["root", "r", None, "State directory: namespace database and pool data "
                             "(default: $DCAP_ROOT, else var/dcap)."],
+        ["namespace", None, None, "The namespace: sqlite (the file under --root, the default) or a "
+                                  "postgresql:// URL that several door+pool nodes share."],
+        ["pool-name", None, "pool1", "This node's pool name; nodes sharing a PostgreSQL namespace "
+                                     "need different names."],
         ["anonymous-access", None, "READONLY", "What unauthenticated clients may do: NONE, READONLY or FULL."],
         ["connect-host", None, None, "Host name or address the door tells clients to connect to for data "
                                      "(for NAT); default: the address the client reached the door on."],
@@ -83,6 +88,11 @@ class Options(PolicyOptions):
             Access(self["anonymous-access"].upper())
         except ValueError:
             raise usage.UsageError("--anonymous-access must be NONE, READONLY or FULL")
+        from distcache.dcap.engines import check_spec
+        try:
+            check_spec(self["namespace"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         if self["client-version"]:
             try:
                 parse_version_range(self["client-version"])
@@ -147,13 +157,16 @@ class DoorService(ConfiguredService):
 
     program = "dcap-door"
 
-    runtime = ("pool", "factory", "workers")
+    runtime = ("pool", "factory", "workers", "cluster")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
-                 metrics=None, transfer_log=None):
+                 metrics=None, transfer_log=None, namespace=None, pool_name="pool1"):
         super().__init__(reactor)
         self.metrics = metrics
         self.transfer_log = transfer_log
+        self.namespace = namespace
+        self.pool_name = pool_name
+        self.cluster = None
         self.listen = listen
         self.root = root
         self.config = config
@@ -179,7 +192,7 @@ class DoorService(ConfiguredService):
 
     def make_factory(self, reactor):
         from distcache.dcap import hsm
-        from distcache.dcap.pool import DEFAULT_POOL_NAME, open_pool
+        from distcache.dcap.pool import open_pool
         from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
         # Not a child service: the threads must outlive the listeners and the sessions'
@@ -187,15 +200,30 @@ class DoorService(ConfiguredService):
         # reactor without threads (a test's memory reactor) gets storage work inline.
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
         from distcache.dcap import space
-        settings = (self.policy.space_for(DEFAULT_POOL_NAME) if self.policy is not None
+        settings = (self.policy.space_for(self.pool_name) if self.policy is not None
                     else space.SpaceSettings())
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers or INLINE, clock=reactor, space=settings)
+                              workers=self.workers or INLINE, clock=reactor, space=settings,
+                              namespace=self.namespace, name=self.pool_name)
         space.save_settings(root, settings)  # what dcap-admin space compares use against
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         if self.transfer_log is not None:
             self.factory.transfer_log = TransferLog(self.transfer_log)
         return self.factory
+
+    def _join_cluster(self, reactor):
+        """With a PostgreSQL namespace: register the pool and serve other doors' opens."""
+        from distcache.dcap.engines import is_postgres
+        if not is_postgres(self.namespace) or self.workers is None:
+            return
+        from distcache.dcap.cluster import Cluster
+        address = self.port.getHost()
+        host = self.config.connect_host or (
+            address.host if address.host not in ("0.0.0.0", "::") else socket.getfqdn())
+        self.cluster = Cluster(self.namespace, self.pool, self.factory, self.workers, reactor,
+                               host, address.port)
+        self.factory.cluster = self.cluster
+        self.cluster.start()
 
     def build(self, reactor):
         factory = self.make_factory(reactor)
@@ -215,6 +243,7 @@ class DoorService(ConfiguredService):
         super().startService()
         self.factory.policy.start()
         self.pool.start_management()
+        self._join_cluster(self.reactor)
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
@@ -249,7 +278,7 @@ class DoorService(ConfiguredService):
         storage worker threads, which are not a child service for that reason,
         stop after the sessions and before the namespace closes.
         """
-        factory, pool, workers = self.factory, self.pool, self.workers
+        factory, pool, workers, cluster = self.factory, self.pool, self.workers, self.cluster
         d = super().stopService()
         if factory is not None:
             d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
@@ -260,6 +289,8 @@ class DoorService(ConfiguredService):
         def closed(_):
             if factory is not None:
                 factory.policy.stop()
+            if cluster is not None:
+                cluster.stop()
             stopping = workers.stopService() if workers is not None and workers.running else None
             if pool is not None:
                 pool.engine.close()  # the database worker has finished its queue
@@ -268,7 +299,7 @@ class DoorService(ConfiguredService):
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
-                self.factory = self.pool = self.workers = None
+                self.factory = self.pool = self.workers = self.cluster = None
                 self.built = False
             log.info("DCAP door stopped")
             return stopping
@@ -280,4 +311,5 @@ class DoorService(ConfiguredService):
 def makeService(options):
     return DoorService(options["listen"], options["root"], door_config(options),
                        fsync=not options["no-fsync"], policy=options.get("policy"),
-                       metrics=options["metrics"], transfer_log=options["transfer-log"])
+                       metrics=options["metrics"], transfer_log=options["transfer-log"],
+                       namespace=options["namespace"], pool_name=options["pool-name"])

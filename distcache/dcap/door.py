@@ -395,12 +395,25 @@ class DoorProtocol(LineOnlyReceiver):
                 return lambda: step(path)
             return lambda: _then(namespace.get(r.args[0]), lambda entry: step(entry.path))
 
+        cluster = self.factory.cluster
         if mode == "r":
-            session.follow(resolved(lambda p: namespace.open_read(p, subject)),
-                           lambda entry: self._readable(session, entry, passive))
+            def readable(entry):
+                if cluster is not None and not cluster.is_local(entry.pool):
+                    session.entry = entry  # for the transfer log, as a local read records it
+                    session.ready(cluster.remote_open(session, entry.pool, "r", entry.path,
+                                                      subject), True)
+                else:
+                    self._readable(session, entry, passive)
+            session.follow(resolved(lambda p: namespace.open_read(p, subject)), readable)
             return
         create_mode = control.decode_mode(r.option("mode"), DEFAULT_FILE_MODE) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
+        target = cluster.pool_for_new() if cluster is not None and mode == "w" and not by_id \
+            else None
+        if target is not None and not cluster.is_local(target):
+            session.ready(cluster.remote_open(session, target, mode, path, subject, create_mode,
+                                              replace, self._overwrite_hint(r)), True)
+            return
 
         def upload(p):
             return pool.open_write(p, subject, create_mode, replace=replace,
@@ -463,6 +476,8 @@ class DoorProtocol(LineOnlyReceiver):
         The Deferred is the pending step the session cancels when it ends
         first (a connect-back attempt stops there and then).
         """
+        if getattr(session.transfer, "remote", False):
+            return session.transfer.start(session)  # another node's pool serves it (cluster.py)
         if passive:
             return self._listen(session)
         return self._connect_back(session)
@@ -581,6 +596,8 @@ class DoorFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
+        #: Door+pool nodes sharing a PostgreSQL namespace (cluster.Cluster), or None.
+        self.cluster = None
         self.passwords = PasswordFile(config.passwd) if config.passwd else None
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False

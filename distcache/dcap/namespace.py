@@ -5,7 +5,8 @@ something with it; the pool keeps the bytes.  Every refusal is a
 :class:`~distcache.dcap.errors.DcapError` that already carries the reply
 the real dCache door sends, so the door only formats it.
 
-:class:`INamespace` is the seam; ``sqlite_namespace`` holds the embedded
+:class:`INamespace` is the seam; ``sql_namespace`` holds its rules in SQL,
+``sqlite_namespace`` the embedded engine and ``postgres_namespace`` the shared
 engine.  An engine's methods may answer at once or with Deferreds, so
 callers go through ``defer.maybeDeferred`` (or the door's ``_then``) where
 they can wait.

@@ -41,7 +41,7 @@ from distcache.dcap.errors import (
 from distcache.dcap.space import SpaceSettings
 from distcache.dcap.flushpolicy import FlushPolicy
 from distcache.dcap.sweeper import Copy, Survey, Sweeper
-from distcache.dcap.sqlite_namespace import open_namespace
+from distcache.dcap.engines import open_engine
 from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
 log = Logger()
@@ -776,9 +776,12 @@ def _unlink(path):
 
 
 def open_pool(root, hsm=None, name=DEFAULT_POOL_NAME, fsync=True, workers=INLINE, clock=None,
-              space=None):
-    """The namespace and pool of the state directory root, as a Pool."""
-    namespace = open_namespace(root)
+              space=None, namespace=None):
+    """The pool of the state directory root and its namespace, as a Pool.
+
+    namespace None is the SQLite file in root; a postgresql:// URL the shared one.
+    """
+    namespace = open_engine(namespace, root)
     return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync,
                 workers=workers, clock=clock, space=space)
 
