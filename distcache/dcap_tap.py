@@ -396,6 +396,7 @@ class DoorService(ConfiguredService):
         def closed(_):
             if factory is not None:
                 factory.policy.stop()
+                factory.warnings.stop()
             if cluster is not None:
                 cluster.stop()
             stopping = workers.stopService() if workers is not None and workers.running else None

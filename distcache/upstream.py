@@ -179,6 +179,9 @@ assert set(_TABLE) == {(state, i) for state in LinkState for i in _INPUTS}
 
 #: While no server can be reached, a reminder at most this often (seconds).
 REMINDER_INTERVAL = 300.0
+#: Seconds a connection made during an outage must hold before the outage is called
+#: over (at most the retry period): one outage is one "lost" and one "back" line.
+SETTLE = 1.0
 
 
 def duration_text(seconds: float) -> str:
@@ -238,6 +241,8 @@ class ServerLink:
         self._connected_at = 0.0
         self._away_since = 0.0
         self._reminded_at = 0.0
+        self._settling = None   # the timer that calls an outage over (see SETTLE)
+        self._flapped = False   # a connection made during the outage was lost at once
         self._answered_before = 0
         self._disconnected_now = 0
         self._replaced_peer = ""
@@ -435,6 +440,9 @@ class ServerLink:
         protocol.transport.loseConnection()
 
     def _close(self, _arg=None) -> None:
+        settling, self._settling = self._settling, None
+        if settling is not None and settling.active():
+            settling.cancel()
         self._upstream = None
         self._retiring.clear()
         for protocol in list(self._open):
@@ -473,6 +481,13 @@ class ServerLink:
             local.resume(PAUSE_UPSTREAM)
 
     def _begin_outage(self, _why: str) -> None:
+        settling, self._settling = self._settling, None
+        if settling is not None and settling.active():
+            # A connection made a moment ago is gone again (a server killed a moment
+            # ago may still accept, then reset): the outage that was ending goes on.
+            settling.cancel()
+            self._flapped = True
+            return
         self._was_at = self._at
         self._away_since = self._reminded_at = self.clock.seconds()
         self._answered_before = self.answered_unreachable
@@ -511,11 +526,17 @@ class ServerLink:
                       what=self._unreachable_text(why), until=self._until)
 
     def _say_lost(self, why: str) -> None:
+        if self._flapped:
+            self._flapped = False
+            return
         self.log.warn("lost the server at {peer} ({why}); {n} requests in flight answered "
                       "DISCONNECTED, later ones empty until {until}",
                       peer=self._peer, why=why, n=self._disconnected_now, until=self._until)
 
     def _say_dropped(self, why: str) -> None:
+        if self._flapped:
+            self._flapped = False
+            return
         self.log.warn("dropped the server connection to {peer}: {why}; {n} requests in flight "
                       "answered DISCONNECTED, later ones empty until {until}",
                       peer=self._peer, why=why, n=self._disconnected_now, until=self._until)
@@ -535,6 +556,11 @@ class ServerLink:
                       n=self.answered_unreachable - self._answered_before)
 
     def _say_back(self, _protocol) -> None:
+        """Say the outage is over once the new connection has held for SETTLE seconds."""
+        self._settling = self.clock.callLater(min(SETTLE, self.retry), self._settled)
+
+    def _settled(self) -> None:
+        self._settling = None
         if self._at == self._was_at:
             what, since = "the server at {peer}{which} is back", ""
         else:

@@ -11,6 +11,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import capturedLogs, formatEvent
 
 from distcache import wire
+from distcache.upstream import SETTLE
 from distcache.proxy import (LinkState, LocalFactory, LocalProtocol, ServerLink,
                              UpstreamFactory, UID_MASK)
 
@@ -404,6 +405,7 @@ def test_an_outage_is_one_line_a_reminder_every_five_minutes_and_one_line_when_o
             proto.dataReceived(wire.encode_request(2, wire.OP_HAVE, b"a"))
         server.up = True
         proxy.clock.advance(5)
+        proxy.clock.advance(SETTLE)          # the new connection holds: the outage is over
     lines = link_lines(events)
     assert lines == [
         "connected to the server at UNIX:/run/dc_server.sock",
@@ -413,7 +415,7 @@ def test_an_outage_is_one_line_a_reminder_every_five_minutes_and_one_line_when_o
         "refused by other side.); 59 requests answered empty so far",
         "the server at UNIX:/run/dc_server is still unreachable after 10m00s (Connection was "
         "refused by other side.); 119 requests answered empty so far",
-        "the server at UNIX:/run/dc_server.sock is back after 12m05s; 144 requests were "
+        "the server at UNIX:/run/dc_server.sock is back after 12m06s; 144 requests were "
         "answered empty meanwhile",
     ]
     # One attempt at once after the loss, then one per retry period.
@@ -528,3 +530,24 @@ def test_malformed_local_connections_are_logged_in_full_only_for_the_first_few()
     assert len(lines) == 6 and all(line.startswith("closing local") for line in lines[:5])
     assert lines[5] == ("7 more malformed local connections in the last 60 s "
                         "(not logged one by one)")
+
+
+def test_a_connection_lost_as_soon_as_it_is_made_does_not_end_the_outage():
+    """A server killed a moment ago may still accept, then reset: still one outage."""
+    proxy = Proxy()
+    server = MemoryServer("/run/dc_server.sock")
+    with capturedLogs() as events:
+        started(proxy, server)
+        proxy.clock.advance(60)
+        server.drop()                        # lost; the at-once attempt connects ...
+        server.drop()                        # ... and that connection is reset at once
+        for _ in range(3):
+            proxy.clock.advance(5)
+        proxy.clock.advance(SETTLE)
+    lines = link_lines(events)
+    assert [line.split(" (")[0].split(" after")[0] for line in lines] == [
+        "connected to the server at UNIX:/run/dc_server.sock",
+        "lost the server at UNIX:/run/dc_server.sock",
+        "the server at UNIX:/run/dc_server.sock is back",
+    ]
+    assert proxy.link.state is LinkState.CONNECTED

@@ -29,6 +29,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from distcache.dcap import accounting, control, retention
+from distcache.ratelimit import RateLimitedLogs
 from distcache.dcap.auth import Account, PasswordFile
 from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
@@ -104,8 +105,9 @@ class DoorProtocol(LineOnlyReceiver):
         host = getattr(peer, "host", None)
         allowed = self.config.allowed_subnets
         if allowed and not in_networks(host, allowed):
-            log.warn("control connection from {peer} refused: not in --allowed-subnets",
-                     peer=self.peer)
+            self.factory.warnings["refused connections"].warn(
+                "control connection from {peer} refused: not in --allowed-subnets",
+                peer=self.peer)
             self.closed = True
             self.transport.abortConnection()
             return
@@ -154,7 +156,8 @@ class DoorProtocol(LineOnlyReceiver):
                                      "internalError : request failed"))
 
     def _violation(self, reason: str):
-        log.warn("protocol violation from {peer}: {reason}", peer=self.peer, reason=reason)
+        self.factory.warnings["protocol violations"].warn(
+            "protocol violation from {peer}: {reason}", peer=self.peer, reason=reason)
         self.transport.write(control.protocol_violation(reason))
         self.closed = True
         self.transport.loseConnection()
@@ -165,8 +168,9 @@ class DoorProtocol(LineOnlyReceiver):
                  peer=self.peer, user=account.user, uid=account.uid, gid=account.gid)
 
     def _login_refused(self, reason: str):
-        log.warn("control connection from {peer}: login refused: {reason}", peer=self.peer,
-                 reason=reason)
+        self.factory.warnings["refused logins"].warn(
+            "control connection from {peer}: login refused: {reason}", peer=self.peer,
+            reason=reason)
 
     def _close(self):
         self.closed = True
@@ -772,6 +776,8 @@ class DoorFactory(Factory):
         self._transfer_ids = itertools.count(1)
         #: What the metrics read; and the transfer log (a TransferLog) or None.
         self.counters = accounting.DoorCounters()
+        #: Warnings a hostile peer can repeat: the first few a minute in full, then a count.
+        self.warnings = RateLimitedLogs(log, reactor)
         self.transfer_log = None
         self._grace = None
         self._cut = None

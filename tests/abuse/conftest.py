@@ -18,7 +18,7 @@ from types import SimpleNamespace  # noqa: E402
 import pytest  # noqa: E402
 
 from abuse_support import Twistd, ports  # noqa: E402
-from interop_support import Door, free_low_port  # noqa: E402
+from interop_support import TRUST_LOCAL, Door, free_low_port  # noqa: E402
 
 
 def start_cache_stack(directory, server_args=(), client_args=(), snoop_args=()):
@@ -75,7 +75,9 @@ def door_proc(tmp_path_factory):
     """A door with full anonymous access, its metrics and one shared data port."""
     tmp = str(tmp_path_factory.mktemp("abuse-door"))
     data_port, metrics_port = free_low_port(), ports(1)[0]
-    door = Door(tmp, "--anonymous-access", "FULL", "--allow-truncate",
+    door = Door(tmp, "--anonymous-access", "FULL", "--allow-truncate", *TRUST_LOCAL,
+                # every abuse client comes from 127.0.0.1: room for the 1,000 idle ones
+                "--max-logins-per-peer", "1500",
                 "--portrange", "%d:%d" % (data_port, data_port),
                 "--metrics", "tcp:%d:interface=127.0.0.1" % metrics_port)
     door.data_port = data_port

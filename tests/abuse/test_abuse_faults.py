@@ -17,7 +17,7 @@ from distcache.dcap import mover_codec as mc
 from abuse_support import (Twistd, distcache_get, distcache_roundtrip, memcache_get,
                            memcache_roundtrip, rss_kib)
 from conftest import start_cache_stack, stop_all
-from interop_support import DCCP, Door, dccp
+from interop_support import DCCP, TRUST_LOCAL, Door, dccp
 from polling import wait_until
 from rawclient import ControlClient, DataClient
 
@@ -124,7 +124,7 @@ def test_dc_server_killed_under_load_behind_dc_client():
 
 
 def test_door_killed_during_writes(tmp_path):
-    door = Door(str(tmp_path), "--anonymous-access", "FULL", "--allow-truncate")
+    door = Door(str(tmp_path), "--anonymous-access", "FULL", "--allow-truncate", *TRUST_LOCAL)
     try:
         kept = {}
         for i in range(5):
@@ -154,7 +154,7 @@ def test_door_killed_during_writes(tmp_path):
             w.wait()
         door.stop()
         os.remove(door.log)  # the restarted door's "listening" line must be its own
-        door = Door(str(tmp_path), "--anonymous-access", "FULL", "--allow-truncate")
+        door = Door(str(tmp_path), "--anonymous-access", "FULL", "--allow-truncate", *TRUST_LOCAL)
         for path, data in kept.items():
             got = tmp_path / ("check-%s" % path.rsplit("/", 1)[1])
             rc, out = dccp("-A", door.url(path), got)

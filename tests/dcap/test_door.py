@@ -667,3 +667,26 @@ def test_hsm_option_is_taken_by_a_pool_with_tape(tmp_path):
         assert c.ask('1 0 client open "%s" r h 1 -hsm=osm -uid=0' % url("/h")).split()[3] == "connect"
     finally:
         p.namespace.close()
+
+
+
+
+def test_protocol_violations_are_logged_in_full_a_few_times_a_minute_then_counted(pool):
+    from twisted.logger import formatEvent, globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        factory = DoorFactory(pool, DoorConfig(access=Access.FULL), MemoryReactorClock())
+        for _ in range(20):
+            proto = factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=PEER)
+            proto.makeConnection(transport)
+            proto.dataReceived(b"garbage without a session id\n")
+            assert transport.disconnecting
+        lines = [formatEvent(e) for e in events]
+        assert len([line for line in lines if "protocol violation from" in line]) == 5
+        factory.reactor.advance(60)
+        lines = [formatEvent(e) for e in events]
+        assert "15 more protocol violations in the last 60 s (not logged one by one)" in lines
+    finally:
+        globalLogPublisher.removeObserver(events.append)
