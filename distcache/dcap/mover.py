@@ -33,7 +33,7 @@ from distcache.address import address_text
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.errors import RC_DISK_IO, RC_INVALID_ARGS, TransferError
 from distcache.dcap.sendfile import make_stream
-from distcache.dcap.transfer import Transfer
+from distcache.dcap.transfer import Transfer, ack_now
 
 log = Logger()
 
@@ -109,6 +109,7 @@ class DataChannel(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state is S.CLOSED:
             return
+        ack_now(self.transport)
         self.parser.receive_data(data)
         self._process()
 

@@ -8,6 +8,7 @@ the data-channel protocol: the mover drives it, the door waits on it.
 
 from __future__ import annotations
 
+import socket
 import zlib
 from typing import Optional
 
@@ -19,6 +20,29 @@ from distcache.dcap.errors import RC_DISK_IO, TransferError
 #: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
 #: fewer trips through the reactor for a write's DATA blocks.
 RECEIVE_SIZE = 256 * 1024
+
+#: Linux's TCP_QUICKACK (None elsewhere): acknowledge what arrived at once.
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def ack_now(transport) -> None:
+    """Acknowledge the bytes just read at once instead of after the delayed-ACK timer.
+
+    A client writes a DATA header, then the block in a second small write
+    that Nagle holds until the header is acknowledged; the mover answers
+    nothing to a header, so without this every short block (a small file,
+    the tail of a large one) waits the peer's 40 ms delayed-ACK timer.
+    Linux clears the flag by itself, so it is set again after each read.
+    """
+    if TCP_QUICKACK is None:
+        return
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+        except OSError:
+            pass
 
 
 class Transfer:

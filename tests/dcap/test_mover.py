@@ -1,6 +1,7 @@
 """The mover's DataChannel on a StringTransport, with real pool uploads in tmp."""
 
 import io
+import socket
 import struct
 import zlib
 
@@ -12,7 +13,7 @@ from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import NotFound
 from distcache.dcap.mover import DataChannel, PassiveMoverFactory
 from distcache.dcap.namespace import ROOT
-from distcache.dcap.transfer import Transfer
+from distcache.dcap.transfer import TCP_QUICKACK, Transfer
 from distcache.dcap.pool import open_pool
 
 
@@ -284,3 +285,44 @@ def test_a_block_that_cannot_be_stored_fails_the_close_and_keeps_the_old_version
     assert entry.size == len(b"old contents")
     with pool.open_read(entry) as f:
         assert f.read() == b"old contents"
+
+
+class _RecordingSocket(socket.socket):
+    """A real (unconnected) socket that remembers the options set on it."""
+
+    def __init__(self):
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.options = []
+
+    def setsockopt(self, level, name, value, *rest):
+        self.options.append((level, name, value))
+        return super().setsockopt(level, name, value, *rest)
+
+
+class _SocketTransport(StringTransport):
+    def __init__(self, sock):
+        super().__init__()
+        self._sock = sock
+
+    def getHandle(self):
+        return self._sock
+
+
+@pytest.mark.skipif(TCP_QUICKACK is None, reason="TCP_QUICKACK is Linux's")
+def test_every_read_of_a_write_is_acknowledged_at_once(pool):
+    """A DATA header gets no reply, so its ACK must not wait for the delayed-ACK timer."""
+    tr = write_transfer(pool, "/quick")
+    sock = _RecordingSocket()
+    try:
+        t = _SocketTransport(sock)
+        ch = DataChannel(transfer=tr)
+        ch.makeConnection(t)
+        payload = b"x" * 1024
+        pieces = [mc.encode_write(), mc.encode_data(payload, block=4096), mc.encode_close(None)]
+        for piece in pieces:
+            ch.dataReceived(piece)
+        quick = [o for o in sock.options if o == (socket.IPPROTO_TCP, TCP_QUICKACK, 1)]
+        assert len(quick) == len(pieces)
+        assert pool.namespace.lookup("/quick", ROOT).size == len(payload)
+    finally:
+        sock.close()
