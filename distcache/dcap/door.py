@@ -430,6 +430,7 @@ class DoorProtocol(LineOnlyReceiver):
         """
         if passive:
             return self._listen(session)
+        session.resolved = self.factory.reactor.seconds()
         return self._connect_back(session)
 
     def _listen(self, session: Session) -> defer.Deferred:
@@ -443,6 +444,7 @@ class DoorProtocol(LineOnlyReceiver):
         d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
 
         def listening(port):
+            session.resolved = self.factory.reactor.seconds()
             session.listening(port, control.connect(session.sid, session.cid, host,
                                                     port.getHost().port, challenge))
 

@@ -89,8 +89,15 @@ class DataChannel(Protocol):
         self._stream = None            # the running reply, in STREAMING
         self._write_cmd = mc.WRITE     # the accepted WRITE, in RECEIVING
         self._processing = False
+        self._close_started = None     # when CLOSE came in, while COMMITTING
 
     # -- connection events ----------------------------------------------
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor as clock
+            self._clock = clock
+        return self._clock.seconds()
 
     def connectionMade(self) -> None:
         if self.state is S.AWAITING_HELLO:
@@ -110,8 +117,11 @@ class DataChannel(Protocol):
         if self.state is S.CLOSED:
             return
         ack_now(self.transport)
+        start = self._now()
         self.parser.receive_data(data)
         self._process()
+        if self.transfer is not None and self._close_started is None:
+            self.transfer.busy += self._now() - start
 
     def connectionLost(self, reason) -> None:
         if self._stream is not None:
@@ -250,6 +260,7 @@ class DataChannel(Protocol):
     def _close(self, event: mc.Close) -> None:
         transfer = self.transfer
         self.state = S.COMMITTING
+        self._close_started = self._now()
         try:
             result = transfer.commit(event.adler32)
         except TransferError as e:
@@ -261,8 +272,14 @@ class DataChannel(Protocol):
             return
         self._closed_ok()
 
+    def _closing_done(self) -> None:
+        """Count the commit, from CLOSE to its answer, as the door's time."""
+        if self._close_started is not None:
+            self.transfer.busy += self._now() - self._close_started
+
     def _close_failed(self, e: TransferError) -> None:
         transfer = self.transfer
+        self._closing_done()
         self._enter_closed()
         log.warn("transfer {sid} ({label}) failed at close: {message}",
                  sid=transfer.sid, label=transfer.label, message=e.message)
@@ -272,6 +289,7 @@ class DataChannel(Protocol):
 
     def _closed_ok(self) -> None:
         transfer = self.transfer
+        self._closing_done()
         self._enter_closed()
         self.transport.write(mc.ack(mc.CLOSE))
         self.transport.loseConnection()

@@ -76,6 +76,10 @@ class Session:
         #: The request line that opened the session, and its options.
         self.request = None
         self.options = {}
+        #: Reactor times: the open line came in, and the door was ready for
+        #: the data connection (the `connect` reply sent, or connecting back).
+        self.started: Optional[float] = None
+        self.resolved: Optional[float] = None
 
     @property
     def name(self) -> str:

@@ -74,6 +74,9 @@ class Transfer:
         self.position = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Seconds the mover spent answering this transfer's requests (not
+        #: waiting for the client): the data side of the door's share.
+        self.busy = 0.0
         self.outcome: defer.Deferred = defer.Deferred()
         # The first block that could not be stored: the file has a hole,
         # so every later FIN and the CLOSE report it and nothing commits.
