@@ -214,9 +214,10 @@ class DataChannel(Protocol):
         self.state = S.IDLE
         error = self.transfer.write_error
         if error is None:
-            self.transport.write(mc.fin(self._write_cmd))
+            self._reply(mc.fin(self._write_cmd))
         else:
-            self.transport.write(mc.fin_error(self._write_cmd, error.rc, error.message))
+            self._reply(mc.fin_error(self._write_cmd, error.rc, error.message))
+        self.transfer.sum_stored()  # while the client reads its next block
 
     def _read(self, event: mc.Read) -> None:
         self._read_from(mc.READ, self.transfer.position, event.count)
@@ -249,7 +250,7 @@ class DataChannel(Protocol):
         self._write_cmd = cmd
         self.parser.begin_data()
         self.state = S.RECEIVING
-        self.transport.write(mc.ack(cmd))
+        self._reply(mc.ack(cmd))
 
     def _locate(self, event: mc.Locate) -> None:
         self.transport.write(mc.locate_ack(self.transfer.size, self.transfer.position))
@@ -291,7 +292,7 @@ class DataChannel(Protocol):
         transfer = self.transfer
         self._closing_done()
         self._enter_closed()
-        self.transport.write(mc.ack(mc.CLOSE))
+        self._reply(mc.ack(mc.CLOSE))
         self.transport.loseConnection()
         log.info("transfer {sid} ({label}) closed: {bytes_in} bytes in, {bytes_out} bytes out",
                  sid=transfer.sid, label=transfer.label,
@@ -299,6 +300,33 @@ class DataChannel(Protocol):
         transfer.end(None)
 
     # -- helpers --------------------------------------------------------
+
+    def _reply(self, data: bytes) -> None:
+        """Send a short reply the client waits for now, not on the next reactor turn.
+
+        Twisted's transport.write sends on the next pass of the event loop;
+        for the ACK and FIN of a write, which the client waits for before
+        its next block, that is a loop pass and three system calls a block.
+        With nothing queued before it the reply goes straight to the socket;
+        what the socket does not take is queued as usual.
+        """
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if (sock is None or not isinstance(getattr(transport, "dataBuffer", None), bytes)
+                or transport.dataBuffer[transport.offset:]
+                or getattr(transport, "_tempDataBuffer", True)
+                or getattr(transport, "disconnecting", False)):
+            transport.write(data)
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            transport.write(data)  # the transport meets the same error and reports it
+            return
+        if sent < len(data):
+            transport.write(data[sent:])
 
     def _seek_to(self, offset: int, whence: int, cmd: int) -> Optional[int]:
         transfer = self.transfer
