@@ -199,6 +199,8 @@ class DcapPolicy:
     keep_alive: "int | None" = None
     strict_check: bool = False
     port_range: "PortRange | None" = None
+    # the one data port (--data-port); None: the first free port of port_range
+    data_port: "int | None" = None
 
     def buffers_for(self, pool=None):
         """The buffer limits of the named pool (the door's own by default)."""
@@ -311,6 +313,7 @@ def resolve_policy(
     port_range = None
     if range_setting is not None and range_setting.value.strip():
         port_range = PortRange.parse(range_setting.value, range_setting.origin)
+    data_port = _data_port(explicit.get("dataport"), port_range)
 
     return DcapPolicy(
         buffers=buffers,
@@ -320,7 +323,25 @@ def resolve_policy(
         keep_alive=keep_alive,
         strict_check=strict,
         port_range=port_range,
+        data_port=data_port,
     )
+
+
+def _data_port(setting, port_range):
+    """The --data-port number, which must lie inside the port range if both are given."""
+    if setting is None or not setting.value.strip():
+        return None
+    try:
+        port = int(setting.value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(setting.origin, f"dataport must be a port number 1..65535, "
+                                          f"not {setting.value!r}")
+    if port_range is not None and not port_range.low <= port <= port_range.high:
+        raise ConfigError(setting.origin, f"dataport {port} lies outside the port range "
+                                          f"{port_range}")
+    return port
 
 
 def explicit_setting(value, option_name):

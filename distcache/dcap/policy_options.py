@@ -33,6 +33,7 @@ PLAIN_FLAGS = {
     "keep-alive": "keepAlive",
     "check": "check",
     "portrange": "portrange",
+    "data-port": "dataport",
 }
 
 
@@ -60,8 +61,12 @@ class PolicyOptions(usage.Options):
          "'strict': check answers ok only for a disk copy on a pool that is "
          "up; 'fuzzy' (default): from the namespace."],
         ["portrange", None, None,
-         "Ports server-passive movers listen on: LOW:HIGH or "
+         "Ports the pool's data port may take (the first free one): LOW:HIGH or "
          "org.dcache.net.tcp.portrange=LOW:HIGH."],
+        ["data-port", None, None,
+         "The one port every server-passive mover shares (inside --portrange "
+         "if both are given); default: the first free port of --portrange, "
+         "else one the system chooses."],
     ] + [
         [flag, None, None, f"Bytes ({name}); overrides batch and poollist."]
         for flag, name in BUFFER_FLAGS.items()
