@@ -336,10 +336,20 @@ class DoorProtocol(LineOnlyReceiver):
         return d
 
     def do_stage(self, r: Request):
+        """Recall the file to disk and pin it for ``-stagetime`` seconds (dCache's pin lifetime).
+
+        The client is answered at once; the recall and the pin follow.  A
+        stage time of 0 (dccp's default) stages without a pin.
+        """
+        lifetime = r.int_option("stagetime", 0)
+
         def start(entry):
             if not entry.is_file:
                 raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
-            d = self.factory.pool.stage(entry)
+            pool = self.factory.pool
+            d = pool.stage(entry)
+            if lifetime > 0:
+                d.addCallback(lambda fresh: pool.pin(fresh, lifetime))
             d.addErrback(lambda f: log.failure("staging {path} failed", f, path=entry.path))
             self._ok(r)
         return _then(self.factory.namespace.lookup(self.path(r), self.subject(r)), start)

@@ -93,3 +93,7 @@ class StageFailed(DcapError):
 class TransferError(DcapError):
     """A data transfer failed; the door reports its code when the session ends."""
 
+
+
+class NoSpace(DcapError):
+    """A write that would not fit on the pool, even after dropping what may be dropped."""

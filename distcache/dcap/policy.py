@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from distcache.dcap.configsource import ConfigError, Setting, parse_int
 from distcache.dcap.portrange import PortRange
+from distcache.dcap.space import SpaceSettings, resolve_space
 
 log = Logger()
 
@@ -199,6 +200,9 @@ class DcapPolicy:
     keep_alive: "int | None" = None
     strict_check: bool = False
     port_range: "PortRange | None" = None
+    # the pool's size, water marks and flush policy (space.py), and per poollist pool
+    space: SpaceSettings = SpaceSettings()
+    pool_space: tuple = ()
     # the one data port (--data-port); None: the first free port of port_range
     data_port: "int | None" = None
 
@@ -208,6 +212,13 @@ class DcapPolicy:
             if name == pool:
                 return limits
         return self.buffers
+
+    def space_for(self, pool=None):
+        """The space settings of the named pool (the door's own by default)."""
+        for name, settings in self.pool_space:
+            if name == pool:
+                return settings
+        return self.space
 
     def open_deadline_seconds(self, client_timeout=None):
         """
@@ -315,6 +326,10 @@ def resolve_policy(
         port_range = PortRange.parse(range_setting.value, range_setting.origin)
     data_port = _data_port(explicit.get("dataport"), port_range)
 
+    space = resolve_space(explicit, pool)
+    per_pool_space = tuple((entry.name, resolve_space(explicit, entry.options, pool))
+                           for entry in poollist)
+
     return DcapPolicy(
         buffers=buffers,
         pool_buffers=tuple(per_pool.items()),
@@ -323,6 +338,8 @@ def resolve_policy(
         keep_alive=keep_alive,
         strict_check=strict,
         port_range=port_range,
+        space=space,
+        pool_space=per_pool_space,
         data_port=data_port,
     )
 
