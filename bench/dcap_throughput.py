@@ -20,7 +20,10 @@ All files live in /dev/shm by default (--dir), so the figures compare the
 transfers rather than the disk; on a disk, dirty pages are written back
 before each run (sync) so that no figure pays for the one before.
 
-It prints figures and ratios to the baseline; it is not a test.
+It prints figures and ratios to the baseline (best of --repeat rounds), then
+the write, parallel-write and read ratios of every round side by side, each
+against the plain copy of the same round: on a shared machine the spread
+says more than one best.  It is not a test.
 Usage: python3 bench/dcap_throughput.py [--size-mib N] [--parallel N] [--fsync] [--small N]
 """
 
