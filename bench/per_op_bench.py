@@ -19,7 +19,11 @@ and each is driven by raw-socket load processes for three loads:
 
 Every reply is compared with the expected bytes.  The table gives ops/s, p50 and p99
 latency, and ratios measured within the same run (the machine's cores are shared, so
-absolute figures swing between runs; ratios are what to compare).  At the end it measures
+absolute figures swing between runs; ratios are what to compare).  Beside them: the CPU
+time the servers on the path spend per operation (dc_client's row counts dc_client and
+its dc_server; ``/ bare`` is that cost over the bare server's), which swings far less
+than ops/s on a shared machine, and how busy the front server was: near 100 % it was
+saturated, well below it the load generator (or the machine) capped the figure.  At the end it measures
 what one stored session costs in dc_server's memory beyond its id and data (RSS growth
 over 50,000 sessions of 200 bytes).
 
@@ -169,12 +173,26 @@ LOADS = {
 }
 
 
-def run_load(path: str, load: str, seconds: float) -> Tuple[float, float, float]:
-    """(ops/s, p50 µs, p99 µs) of one load against ``path``."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(path: str, load: str, seconds: float, pids: List[int] = ()) -> Tuple[float, ...]:
+    """(ops/s, p50 µs, p99 µs, server CPU µs/op, front server busy %) of one load.
+
+    ``pids`` are the server processes on the path, the one the load connects to first:
+    the CPU they spend per operation is the cost that ops/s hides on a shared machine,
+    and the front one's busy share says whether the load generator kept it saturated
+    (near 100 %) or capped the figure (well below).
+    """
     spec = LOADS[load]
     out = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=spec["target"], args=(path, seconds, *spec["args"], out))
              for _ in range(spec["processes"])]
+    cpu_before = [cpu_seconds(pid) for pid in pids]
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -182,13 +200,17 @@ def run_load(path: str, load: str, seconds: float) -> Tuple[float, float, float]
     for _ in procs:
         latencies += out.get(timeout=seconds + 120)
     elapsed = time.perf_counter() - start
+    cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
     for p in procs:
         p.join(10)
         if p.exitcode:
             raise SystemExit(f"a {load} worker failed against {path}")
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
-    return len(latencies) / elapsed, pick(0.50), pick(0.99)
+    ops = len(latencies)
+    cpu_per_op = sum(cpu) / ops * 1e6 if cpu and ops else float("nan")
+    busy = cpu[0] / elapsed * 100 if cpu else float("nan")
+    return ops / elapsed, pick(0.50), pick(0.99), cpu_per_op, busy
 
 
 # Servers ------------------------------------------------------------------------------
@@ -249,13 +271,15 @@ def measure_runtime(python: str, seconds: float, warmup: float) -> Dict[Tuple[st
     figures = {}
     servers = Servers(python)
     try:
-        targets = {"bare": servers.bare()}
-        targets["dc_server"] = servers.dc_server()
-        targets["dc_client"] = servers.dc_client(targets["dc_server"])
+        targets = {"bare": (servers.bare(), [servers.procs[-1].pid])}
+        server = servers.dc_server()
+        targets["dc_server"] = (server, [servers.procs[-1].pid])
+        targets["dc_client"] = (servers.dc_client(server),
+                                [servers.procs[-1].pid, servers.procs[-2].pid])
         for load in LOADS:
-            for name, path in targets.items():
+            for name, (path, pids) in targets.items():
                 run_load(path, load, warmup)  # JIT warm-up, connection caches, page faults
-                figures[(name, load)] = run_load(path, load, seconds)
+                figures[(name, load)] = run_load(path, load, seconds, pids)
     finally:
         servers.stop()
     return figures
@@ -327,13 +351,15 @@ def main(argv=None) -> None:
 
     for name, figures in results.items():
         print(f"\n{name} servers ({runtimes[name]})")
-        print(f"{'server':<10} {'load':<13} {'ops/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'/ bare':>7}")
+        print(f"{'server':<10} {'load':<13} {'ops/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'/ bare':>7}"
+              f" {'CPU µs/op':>10} {'/ bare':>7} {'busy %':>7}")
         for load in LOADS:
             floor = figures[("bare", load)][0]
+            floor_cpu = figures[("bare", load)][3]
             for server in ("bare", "dc_server", "dc_client"):
-                rate, p50, p99 = figures[(server, load)]
+                rate, p50, p99, cpu, busy = figures[(server, load)]
                 print(f"{server:<10} {load:<13} {rate:>9,.0f} {p50:>8,.0f} {p99:>8,.0f} "
-                      f"{rate / floor:>7.2f}")
+                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {busy:>7.0f}")
         direct = figures[("dc_server", "1 in flight")][1]
         proxied = figures[("dc_client", "1 in flight")][1]
         print(f"dc_client p50 with one in flight / direct p50: {proxied / direct:.2f}")

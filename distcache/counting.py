@@ -15,6 +15,7 @@ from distcache import wire
 from distcache.store import ISessionStore
 
 STORE_OPS = ("add", "get", "remove", "have")
+_PLAIN = frozenset((bytes, int, type(None)))  # answers that are not Deferreds, by exact type
 
 
 class StoreCounters:
@@ -55,7 +56,7 @@ class CountingStore:
         counters = self.counters
         counters.operations["add"] += 1
         result = self.store.add(session_id, data, timeout_ms)
-        if isinstance(result, defer.Deferred):
+        if type(result) not in _PLAIN and isinstance(result, defer.Deferred):
             return result.addCallback(counters.added)
         return counters.added(result)
 
@@ -63,9 +64,15 @@ class CountingStore:
         counters = self.counters
         counters.operations["get"] += 1
         result = self.store.get(session_id)
-        if isinstance(result, defer.Deferred):
+        if result is None:
+            counters.get_misses += 1
+        elif type(result) is bytes:
+            counters.get_hits += 1
+        elif isinstance(result, defer.Deferred):
             return result.addCallback(counters.got)
-        return counters.got(result)
+        else:
+            return counters.got(result)
+        return result
 
     def remove(self, session_id):
         self.counters.operations["remove"] += 1

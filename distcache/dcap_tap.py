@@ -24,6 +24,7 @@ from distcache.dcap.doorconfig import (
     DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
     parse_version_range,
 )
+from distcache.dcap.ioqueue import parse_queue
 from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
@@ -97,11 +98,29 @@ class Options(PolicyOptions):
                                      "(reopened when logrotate moves it)."],
     ]
     optFlags = [
-        ["allow-truncate", None, "Let clients overwrite existing files (the client's -truncate)."],
+        ["allow-truncate", None, "Let clients overwrite existing files (the client's -truncate "
+                                 "or -overwrite)."],
+        ["allow-access-latency", None, "Record a new file's access latency as its client asks "
+                                       "(-access-latency=ONLINE|NEARLINE)."],
+        ["allow-retention-policy", None, "Record a new file's retention policy as its client asks "
+                                         "(-retention-policy=CUSTODIAL|REPLICA|OUTPUT)."],
         ["connect-back", None, "Unless a client asks for passive mode, the mover connects to the "
                                "client's callback port (classic DCAP) instead of replying `connect`."],
         ["no-fsync", None, "Do not fsync written files before they become visible (faster, less safe)."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["io-queue"] = []
+
+    def opt_io_queue(self, text):
+        """NAME=LIMIT: a mover queue that runs at most LIMIT movers at once; opens naming
+        it (-io-queue=NAME) wait there. Repeat for more queues."""
+        try:
+            name, limit = parse_queue(text)
+        except ValueError as e:
+            raise usage.UsageError("--io-queue: %s" % (e,))
+        self["io-queue"] = [q for q in self["io-queue"] if q[0] != name] + [(name, limit)]
 
     def postOptions(self):
         if self["root"] is None:
@@ -181,6 +200,9 @@ def door_config(options) -> DoorConfig:
     return DoorConfig(
         access=Access(options["anonymous-access"].upper()),
         allow_truncate=bool(options["allow-truncate"]),
+        allow_access_latency=bool(options.get("allow-access-latency")),
+        allow_retention_policy=bool(options.get("allow-retention-policy")),
+        io_queues=tuple(options.get("io-queue") or ()),
         connect_back=bool(options["connect-back"]),
         connect_host=options["connect-host"],
         client_version_min=low,

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from distcache import wire
 from distcache.address import address_text
 from distcache.ratelimit import RateLimitedLogs
+from distcache.sending import send
 from distcache.upstream import (PAUSE_BACKLOG, PAUSE_CLOSING, PAUSE_UPSTREAM, PAUSE_WRITE,
                                 UID_MASK, LinkState, Pending, ServerLink, UpstreamFactory,
                                 UpstreamProtocol, no_delay)
@@ -138,7 +139,7 @@ class LocalProtocol(Protocol):
             self._release()
 
     def write_now(self, replies: List[bytes]) -> None:
-        self.transport.write(_EMPTY.join(replies))
+        send(self.transport, _EMPTY.join(replies))
         factory = self.factory
         if factory.idle:
             self._last = factory.clock.seconds()

@@ -25,10 +25,17 @@ from zope.interface import implementer
 from distcache import wire
 from distcache.address import address_text
 from distcache.ratelimit import RateLimitedLogs
+from distcache.sending import send
 
 _NOTOK = b"\x01"
 _OK = b"\x00"
 _encode_response = wire.encode_response
+_pack_header = wire.HEADER.pack
+_LEVEL, _FRAME_MAX, _GET, _ADD = wire.PROTO_LEVEL, wire.FRAME_MAX, wire.OP_GET, wire.OP_ADD
+_RESULT_BYTES = [bytes((n,)) for n in range(256)]
+# Answers that are values, not Deferreds or Failures: checked by exact type, since
+# isinstance against Deferred (a generic class) goes through the ABC machinery.
+_PLAIN = frozenset((bytes, bool, int, type(None)))
 
 
 class ActivityReport:
@@ -157,7 +164,7 @@ class CacheServerProtocol(Protocol):
                     break
                 if not done & _BATCH_MASK and out:
                     # hand a batch over; the transport pauses us once its buffer is full
-                    self.transport.write(b"".join(out))
+                    send(self.transport, b"".join(out))
                     out = []
                     if self._paused and done < len(messages):
                         self._held = messages[done:]
@@ -166,7 +173,7 @@ class CacheServerProtocol(Protocol):
         except wire.ProtocolError as e:
             error = e
         if out:
-            self.transport.write(b"".join(out))
+            send(self.transport, b"".join(out))
         factory = self.factory
         factory.activity.operations += done
         factory.activity.counted()
@@ -201,6 +208,12 @@ class CacheServerProtocol(Protocol):
             else:
                 result = store.add(request.session_id, request.data, request.timeout_ms)
         queue = self._queue
+        if type(result) in _PLAIN:  # the local store's answers: no Deferred, no Failure
+            if queue:
+                queue.append([message, result])
+            else:
+                out.append(_reply(message, result))
+            return None
         if isinstance(result, defer.Deferred):
             slot = [message, _PENDING]
             result.addBoth(self._resolved, slot)  # may fire at once
@@ -233,7 +246,7 @@ class CacheServerProtocol(Protocol):
                 break
             out.append(_reply(message, answer))
         if out:
-            self.transport.write(b"".join(out))
+            send(self.transport, b"".join(out))
         if failure is not None:
             self._store_failed(failure)
         elif not queue and self.state is DRAINING:
@@ -265,12 +278,15 @@ class CacheServerProtocol(Protocol):
 
 def _reply(message: wire.Message, result) -> bytes:
     op = message.op
-    if op == wire.OP_GET:
+    if op == _GET:
         payload = _NOTOK if result is None else result
-    elif op == wire.OP_ADD:
-        payload = bytes((result,))
+    elif op == _ADD:
+        payload = _RESULT_BYTES[result]
     else:
         payload = _OK if result else _NOTOK
+    size = len(payload)
+    if size <= _FRAME_MAX:  # one frame, framed here without encode's checks
+        return _pack_header(_LEVEL, 1, message.uid, 0, op, 1, size) + payload
     return _encode_response(message.uid, op, payload)
 
 

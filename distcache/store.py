@@ -121,7 +121,7 @@ class SessionStore:
         held = self._sessions.get(session_id)
         if held is None:
             return None
-        if _expiry(held) <= self._now_ms():
+        if _unpack_expiry(held)[0] <= int(self._clock.seconds() * 1000):
             self._expire(session_id)
             return None
         return held[9 + held[8]:]
@@ -193,8 +193,11 @@ class SessionStore:
         heapq.heapify(self._heap)
 
 
+_unpack_expiry = _EXPIRY.unpack_from
+
+
 def _expiry(record: bytes) -> int:
-    return _EXPIRY.unpack_from(record)[0]
+    return _unpack_expiry(record)[0]
 
 
 def _data_len(record: bytes) -> int:

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from distcache import wire
 from distcache.address import address_text
+from distcache.sending import send
 
 UID_MASK = 0xFFFFFFFF
 _EMPTY = b""
@@ -577,7 +578,7 @@ class ServerLink:
             uid = (uid + 1) & UID_MASK
         self._next_uid = uid
         self.forwarded += len(messages)
-        upstream.transport.write(_EMPTY.join(out))
+        send(upstream.transport, _EMPTY.join(out))
 
     def answers(self, protocol: "UpstreamProtocol", messages: List[wire.Message]) -> None:
         """Route one read's worth of replies from ``protocol`` back to the local clients."""

@@ -136,6 +136,9 @@ def parse_add(payload: bytes) -> "AddRequest | int":
     return AddRequest(timeout_ms, payload[8:8 + id_len], payload[8 + id_len:])
 
 
+_new_tuple = tuple.__new__  # a Message without NamedTuple's Python-level __new__
+
+
 class Decoder:
     """Turns a byte stream into :class:`Message` objects.
 
@@ -187,6 +190,7 @@ class Decoder:
         pos = 0
         end = len(buf)
         unpack = HEADER.unpack_from
+        usual = 1 if self._expect else 0  # the is_response byte the fast check expects
         try:
             while True:
                 avail = end - pos
@@ -197,14 +201,15 @@ class Decoder:
                 level, resp, uid, cls, op, complete, dlen = unpack(buf, pos)
                 if level & _VERSION_MASK != PROTO_LEVEL:
                     self._bad_version(buf, pos)
-                self._check_header(resp, cls, op, complete, dlen)
+                if resp != usual or cls or op > OP_HAVE or complete != 1 or dlen > FRAME_MAX:
+                    self._check_header(resp, cls, op, complete, dlen)  # all the rules
                 stop = pos + HEADER_SIZE + dlen
                 if stop > end:
                     break
                 payload = bytes(buf[pos + HEADER_SIZE:stop])
                 pos = stop
                 if not self._parts and complete:
-                    out.append(Message(resp == 1, uid, op, payload))
+                    out.append(_new_tuple(Message, (resp == 1, uid, op, payload)))
                     continue
                 self._continue(resp, uid, op, payload)
                 if complete:

@@ -184,9 +184,16 @@ def _hsm_names(parser):
 def _line(entry, with_path=False):
     adler = "%08x" % entry.adler32 if entry.adler32 is not None else "-"
     name = entry.path if with_path else entry.name
-    return "%s %5d %5d %12d %s %-9s %s %s" % (
+    return "%s %5d %5d %12d %s %-9s %s %s %s" % (
         entry.mode_string, entry.uid, entry.gid, entry.size, entry.pnfsid,
-        entry.state, adler, name)
+        entry.state, adler, _file_class(entry), name)
+
+
+def _file_class(entry):
+    """LATENCY/POLICY as the file's creator asked for them ("-" where not recorded)."""
+    if entry.is_dir:
+        return "-"
+    return "%s/%s" % (entry.access_latency or "-", entry.retention_policy or "-")
 
 
 def _pct(fraction):
@@ -357,7 +364,9 @@ class Admin:
             extra = " " + entry.tape_uri if entry.tape_uri else ""
             staging = (" (staging, pid %d)" % (entry.staging or os.getpid())
                        if self.pool.is_staging(entry) else "")
-            self.say("%-9s %s %s%s%s" % (entry.state, entry.pnfsid, entry.path, extra, staging))
+            disk_only = "" if entry.flushable else " (ONLINE/REPLICA: never flushed)"
+            self.say("%-9s %s %s%s%s%s" % (entry.state, entry.pnfsid, entry.path, extra, staging,
+                                           disk_only))
         summary = ", ".join("%s %d" % kv for kv in sorted(counts.items()))
         self.say("# %s" % (summary or "no files"))
 

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from distcache.dcap import accounting, control
+from distcache.dcap import accounting, control, retention
 from distcache.dcap.auth import Account, PasswordFile
 from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
@@ -38,6 +38,7 @@ from distcache.dcap.errors import (
     RC_NOT_CACHED, RC_NOT_REGULAR,
     DcapError, TransferError,
 )
+from distcache.dcap.ioqueue import DEFAULT_QUEUE, IoQueues
 from distcache.dcap.portrange import PortRangeExhausted
 from distcache.dcap.mover import DataChannel, connect_to_client, new_challenge
 from distcache.dcap.transfer import Transfer
@@ -469,6 +470,7 @@ class DoorProtocol(LineOnlyReceiver):
             return lambda: _then(namespace.get(r.args[0]), lambda entry: step(entry.path))
 
         cluster = self.factory.cluster
+        session.queue_name = self._queue_name(session, r)
         if mode == "r":
             def readable(entry):
                 if cluster is not None and not cluster.is_local(entry.pool):
@@ -480,7 +482,11 @@ class DoorProtocol(LineOnlyReceiver):
             session.follow(resolved(lambda p: namespace.open_read(p, subject)), readable)
             return
         create_mode = control.decode_mode(r.option("mode"), DEFAULT_FILE_MODE) & 0o7777
-        replace = self.config.allow_truncate and "truncate" in r.options
+        # -overwrite (dCache's write onto an existing file) and -truncate both
+        # replace an existing file, as far as the door's policy allows
+        replace = self.config.allow_truncate and ("truncate" in r.options
+                                                  or "overwrite" in r.options)
+        latency, policy = self._file_class(session, r)
         target = cluster.pool_for_new() if cluster is not None and mode == "w" and not by_id \
             else None
         if target is not None and not cluster.is_local(target):
@@ -491,12 +497,14 @@ class DoorProtocol(LineOnlyReceiver):
         def upload(p):
             return pool.open_write(p, subject, create_mode, replace=replace,
                                    copy_existing=(mode == "rw"),
-                                   overwrite_hint=self._overwrite_hint(r))
+                                   overwrite_hint=self._overwrite_hint(r),
+                                   access_latency=latency, retention_policy=policy)
 
         def start(up):
             size = up.old.size if (mode == "rw" and up.old is not None) else 0
-            session.ready(self._transfer(session, upload=up, size=size,
-                                         label="%s %s" % (mode, path)), passive)
+            self._when_admitted(session, lambda: session.ready(
+                self._transfer(session, upload=up, size=size, label="%s %s" % (mode, path)),
+                passive), up.abort)
 
         session.follow(resolved(upload), start)
 
@@ -515,11 +523,67 @@ class DoorProtocol(LineOnlyReceiver):
             raise DcapError(RC_DISK_IO, "No space left on device: %d bytes announced, the "
                             "pool has %d bytes free" % (size, free), "ENOSPC")
 
+    def _queue_name(self, session: Session, r: Request) -> str:
+        """The mover queue an open waits in: the one it names, else the default queue."""
+        asked = r.option("io-queue") or None
+        queue = self.factory.io_queues.queue_for(asked)
+        if asked is not None and queue.name != asked:
+            log.info("transfer {tid}: no io queue {name}: the {default} queue takes it",
+                     tid=session.tid, name=asked, default=DEFAULT_QUEUE)
+        return queue.name
+
+    def _when_admitted(self, session: Session, go, abandon=None):
+        """go() once the open has a place in its mover queue (at once when there is room).
+
+        While it waits the session is `queued`; when the session ends first
+        its wait is cancelled and abandon() (if any) drops what was prepared.
+        """
+        queue = self.factory.io_queues.queue_for(session.queue_name)
+        wait = queue.acquire()
+        if not wait.called:
+            log.info("transfer {tid}: waiting in io queue {name} ({running} of {limit} running)",
+                     tid=session.tid, name=queue.name, running=queue.running, limit=queue.limit)
+
+        def admitted(slot):
+            session.admitted(slot)
+            if session.state() == "resolving":
+                go()
+            elif abandon is not None:
+                abandon()
+
+        def cancelled(failure):
+            failure.trap(defer.CancelledError)
+            if abandon is not None:
+                abandon()
+
+        session.queue(wait)
+        wait.addCallbacks(admitted, cancelled).addErrback(session.error)
+
+    def _file_class(self, session: Session, r: Request):
+        """(access latency, retention policy) a new file records, as the door allows.
+
+        Like dCache's door, a value the door does not allow or does not know
+        is ignored; the log says so.
+        """
+        chosen = []
+        for key, allowed, parse in (
+                ("access-latency", self.config.allow_access_latency, retention.access_latency),
+                ("retention-policy", self.config.allow_retention_policy,
+                 retention.retention_policy)):
+            text = r.option(key)
+            value = parse(text) if allowed else None
+            if text is not None and value is None:
+                log.info("transfer {tid}: -{key}={value} ignored ({why})", tid=session.tid,
+                         key=key, value=text, why="unknown value" if allowed else
+                         "not allowed by this door: --allow-%s" % (key,))
+            chosen.append(value)
+        return tuple(chosen)
+
     def _overwrite_hint(self, r: Request) -> str:
         """How a client whose write onto an existing file was refused can overwrite it."""
         if not self.config.allow_truncate:
             return "this door does not overwrite files (its --allow-truncate option allows it)"
-        return "the client did not ask to truncate (-truncate)"
+        return "the client did not ask to replace it (-truncate or -overwrite)"
 
     def _readable(self, session: Session, entry, passive: bool):
         """The client may read entry: start its mover, staging the file first if needed."""
@@ -534,10 +598,12 @@ class DoorProtocol(LineOnlyReceiver):
         wait.addErrback(session.error)
 
     def _read(self, session: Session, entry, passive: bool):
-        source = self.factory.pool.open_read(entry)
-        session.entry = entry
-        session.ready(self._transfer(session, source=source, size=entry.size,
-                                     label="r %s" % (entry.path,)), passive)
+        def go():
+            source = self.factory.pool.open_read(entry)
+            session.entry = entry
+            session.ready(self._transfer(session, source=source, size=entry.size,
+                                         label="r %s" % (entry.path,)), passive)
+        self._when_admitted(session, go)
 
     def _transfer(self, session: Session, label: str, **what) -> Transfer:
         """A transfer for session with the buffers and deadline watch its policy gives."""
@@ -701,6 +767,7 @@ class DoorFactory(Factory):
         self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None) or pool_name)
         #: Door+pool nodes sharing a PostgreSQL namespace (cluster.Cluster), or None.
         self.cluster = None
+        self.io_queues = IoQueues(dict(config.io_queues))
         self.passwords = PasswordFile(config.passwd) if config.passwd else None
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False

@@ -47,6 +47,11 @@ class DoorConfig:
     passwd: Optional[str] = None  # the accounts file of logins through the ssl tunnel
     tls_cert: Optional[str] = None  # TLS on every control connection (the ssl tunnel)
     tls_key: Optional[str] = None
+    #: Whether a new file records the client's -access-latency / -retention-policy.
+    allow_access_latency: bool = False
+    allow_retention_policy: bool = False
+    #: The named mover queues, ((name, limit), ...) (ioqueue.py).
+    io_queues: Tuple[Tuple[str, int], ...] = ()
 
 
 def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

@@ -22,7 +22,7 @@ MAX_RETRY_DELAY = 3600.0
 
 def due(survey, settings):
     """The unflushed copies of survey to flush now, oldest first, and why (a word)."""
-    waiting = [c for c in survey.unflushed if c.is_file]
+    waiting = [c for c in survey.unflushed if c.is_file and c.flushable]
     if not waiting:
         return [], None
     high = settings.high_bytes

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from zope.interface import Attribute, Interface
 
 from distcache.dcap.names import pnfsid_of
+from distcache.dcap import retention
 
 class Access(enum.Enum):
     """What unauthenticated DCAP may do (dCache's anonymous-operations)."""
@@ -100,6 +101,8 @@ class Entry:
     tape_uri: object = None  # str, or None when never flushed
     pool: object = None  # name of the pool holding the disk copy
     staging: object = None  # pid of the process recalling it from tape, or None
+    access_latency: object = None  # "ONLINE"/"NEARLINE" as its creator asked, or None
+    retention_policy: object = None  # "CUSTODIAL"/"REPLICA"/"OUTPUT", or None
 
     @property
     def pnfsid(self):
@@ -122,6 +125,11 @@ class Entry:
     def mode_string(self):
         """The 10-character ``ls -l`` form the stat reply carries."""
         return statmod.filemode(self.st_mode)
+
+    @property
+    def flushable(self):
+        """False for a disk-only file (ONLINE and REPLICA): no flush may copy it to tape."""
+        return self.is_file and retention.flushable(self.access_latency, self.retention_policy)
 
     @property
     def state(self):
@@ -228,7 +236,8 @@ class INamespace(Interface):
 class WriteTicket:
     """What prepare_write checked, handed back on commit."""
 
-    def __init__(self, path, parent, name, old, mode, uid, gid, replace):
+    def __init__(self, path, parent, name, old, mode, uid, gid, replace,
+                 access_latency=None, retention_policy=None):
         self.path = path
         self.parent = parent
         self.name = name
@@ -237,3 +246,6 @@ class WriteTicket:
         self.uid = uid
         self.gid = gid
         self.replace = replace
+        #: What the new file records (retention.py), as the door allowed the client to ask.
+        self.access_latency = access_latency
+        self.retention_policy = retention_policy

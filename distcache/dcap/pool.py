@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from distcache.dcap.checksum import BLOCK_SIZE, adler32_of_file
 from distcache.dcap.errors import (
     RC_DISK_IO,
+    RC_INVALID_ARGS,
     RC_NOT_CACHED,
     RC_NOT_FILE,
     RC_NOT_ONLINE,
@@ -352,7 +353,8 @@ class Pool:
             or pnfsid in self._stages
 
     def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False,
-                   overwrite_hint=None, alloc_size=None):
+                   overwrite_hint=None, alloc_size=None, access_latency=None,
+                   retention_policy=None):
         """Start an Upload of path; the namespace checks the subject's rights.
 
         replace allows a new version of an existing file (the door's
@@ -361,16 +363,22 @@ class Pool:
         refusal of an existing file when replace is false.  On a pool with
         a size, alloc_size bytes (at least one) must fit once everything
         droppable is dropped, else NoSpace (ENOSPC); a write that fits
-        only after dropping has the sweeper drop first.
+        only after dropping has the sweeper drop first.  access_latency and
+        retention_policy (retention.py) are recorded on the new file.
         """
         if self.space.manages_space:
             need = max(int(alloc_size or 0), 1)
             return then(self.make_room(need), lambda _: self._open_write(
-                path, subject, mode, replace, copy_existing, overwrite_hint))
-        return self._open_write(path, subject, mode, replace, copy_existing, overwrite_hint)
+                path, subject, mode, replace, copy_existing, overwrite_hint,
+                access_latency, retention_policy))
+        return self._open_write(path, subject, mode, replace, copy_existing, overwrite_hint,
+                                access_latency, retention_policy)
 
-    def _open_write(self, path, subject, mode, replace, copy_existing, overwrite_hint):
+    def _open_write(self, path, subject, mode, replace, copy_existing, overwrite_hint,
+                    access_latency=None, retention_policy=None):
         def start(ticket):
+            ticket.access_latency = access_latency
+            ticket.retention_policy = retention_policy
             temp = os.path.join(
                 self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
             )
@@ -504,6 +512,9 @@ class Pool:
         def start(fresh):
             if fresh.tape_uri:
                 return fresh
+            if not fresh.flushable:
+                raise DcapError(RC_INVALID_ARGS, "File is ONLINE and REPLICA (disk only): "
+                                "it is never flushed to tape", "EPERM")
             if not self.is_cached(fresh):
                 raise NotCached(RC_NOT_CACHED, "File is not cached")
             return self._join(self._flushes, fresh, self._store)
@@ -703,7 +714,8 @@ class Pool:
                 pnfsid=pnfsid, size=size,
                 accessed=self._accessed.get(pnfsid, mtime),
                 written=self._written.get(pnfsid, mtime),
-                on_tape=bool(files.get(pnfsid)),
+                on_tape=bool(files.get(pnfsid, (None, True))[0]),
+                flushable=files.get(pnfsid, (None, True))[1],
                 busy=self.is_busy(pnfsid) or not is_file,
                 pinned_until=pins.get(pnfsid),
                 is_file=is_file))

@@ -17,7 +17,7 @@ import psycopg
 from twisted.logger import Logger
 
 from distcache.dcap.errors import RC_INTERNAL, DcapError
-from distcache.dcap.sql_namespace import COLUMNS, ROOT_INO, SQLNamespace, now
+from distcache.dcap.sql_namespace import ADDED_COLUMNS, COLUMNS, ROOT_INO, SQLNamespace, now
 
 log = Logger()
 
@@ -43,6 +43,8 @@ _SCHEMA = (
         tape_uri TEXT,
         pool TEXT,
         staging BIGINT,
+        access_latency TEXT,
+        retention_policy TEXT,
         UNIQUE (parent, name)
     )""",
     "CREATE INDEX IF NOT EXISTS inode_tape ON inode (tape_uri) WHERE tape_uri IS NOT NULL",
@@ -94,6 +96,8 @@ class PostgresNamespace(SQLNamespace):
         with self._write():
             for statement in _SCHEMA:
                 self._run(statement)
+            for column, kind in ADDED_COLUMNS:  # a database made before these columns
+                self._run("ALTER TABLE inode ADD COLUMN IF NOT EXISTS %s %s" % (column, kind))
             self._make_root()
             self._ids_loaded()
 

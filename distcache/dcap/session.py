@@ -12,6 +12,7 @@ States::
 
     resolving       the namespace (or pool) is answering
     staging         the file is being recalled from tape
+    queued          the open waits for a place in its mover queue (ioqueue.py)
     awaiting_mover  the mover listens, or connects back, for the data connection
     transferring    the data connection is up
     done            answered; later inputs are dropped (their leftovers closed)
@@ -78,6 +79,10 @@ class Session:
         self.transfer = None
         self.listener = None
         self.pending: Optional[defer.Deferred] = None
+        #: The open's place in its mover queue while it holds one (an ioqueue.Slot),
+        #: and that queue's name (None: the default queue).
+        self.slot = None
+        self.queue_name: Optional[str] = None
         #: The request line that opened the session, and its options.
         self.request = None
         self.options = {}
@@ -164,6 +169,10 @@ class Session:
     def staging(self):
         "The file is being recalled from tape."
 
+    @_machine.state(serialized="queued")
+    def queued(self):
+        "The open waits for its mover queue to have room."
+
     @_machine.state(serialized="awaiting_mover")
     def awaiting_mover(self):
         "The mover waits for its data connection."
@@ -185,6 +194,14 @@ class Session:
     @_machine.input()
     def stage(self, wait):
         "The file must come from tape first; wait fires when it is on disk."
+
+    @_machine.input()
+    def queue(self, wait):
+        "The open waits in its mover queue; wait fires with its Slot."
+
+    @_machine.input()
+    def admitted(self, slot):
+        "The mover queue has room: slot is the open's place, held until it ends."
 
     @_machine.input()
     def ready(self, transfer, passive):
@@ -231,6 +248,25 @@ class Session:
     @_machine.output()
     def _mark_connected(self):
         self.since = self.clock.seconds()
+
+    @_machine.output()
+    def _mark_queued(self, wait):
+        self.since = self.clock.seconds()
+
+    @_machine.output()
+    def _take_slot(self, slot):
+        self.pending = None
+        self.slot = slot
+
+    @_machine.output()
+    def _give_back(self, slot):
+        slot.release()
+
+    @_machine.output()
+    def _release_slot(self):
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.release()
 
     @_machine.output()
     def _hold(self, wait):
@@ -368,57 +404,70 @@ class Session:
 
     # -- the table ---------------------------------------------------------------
 
-    _live = (resolving, staging, awaiting_mover, transferring)
+    _live = (resolving, staging, queued, awaiting_mover, transferring)
 
-    resolving.upon(answered, enter=done, outputs=[_finish_watch, _forget])
+    resolving.upon(answered, enter=done, outputs=[_release_slot, _finish_watch, _forget])
     resolving.upon(stage, enter=staging, outputs=[_mark_stage, _hold])
     for _s in (resolving, staging):
         _s.upon(ready, enter=awaiting_mover, outputs=[_mark_ready, _start_mover])
-    for _s in (staging, awaiting_mover, transferring, done):
+    for _s in (staging, queued, awaiting_mover, transferring, done):
         _s.upon(answered, enter=_s, outputs=[])
-    for _s in (staging, awaiting_mover, transferring, done):
+    for _s in (staging, queued, awaiting_mover, transferring, done):
         _s.upon(stage, enter=_s, outputs=[_cancel_wait])
-    for _s in (awaiting_mover, transferring, done):
+    for _s in (queued, awaiting_mover, transferring, done):
         _s.upon(ready, enter=_s, outputs=[_drop_transfer])
 
+    # The mover queue: an open waits there after its file is resolved (and
+    # staged); the place it is given is held until the session ends.
+    for _s in (resolving, staging):
+        _s.upon(queue, enter=queued, outputs=[_mark_queued, _hold])
+    for _s in (queued, awaiting_mover, transferring, done):
+        _s.upon(queue, enter=_s, outputs=[_cancel_wait])
+    queued.upon(admitted, enter=resolving, outputs=[_take_slot])
+    for _s in (resolving, staging, awaiting_mover, transferring, done):
+        _s.upon(admitted, enter=_s, outputs=[_give_back])
+
     awaiting_mover.upon(listening, enter=awaiting_mover, outputs=[_keep_listener, _reply_connect])
-    for _s in (resolving, staging, transferring, done):
+    for _s in (resolving, staging, queued, transferring, done):
         _s.upon(listening, enter=_s, outputs=[_stop_port])
 
     awaiting_mover.upon(mover_connected, enter=transferring,
                         outputs=[_mark_connected, _close_listener, _log_connected])
-    for _s in (resolving, staging, transferring, done):
+    for _s in (resolving, staging, queued, transferring, done):
         _s.upon(mover_connected, enter=_s, outputs=[])
 
     for _s in (awaiting_mover, transferring):
         _s.upon(mover_finished, enter=done,
                 outputs=[_cancel_pending, _close_listener, _finish_watch, _log_outcome,
-                         _reply_outcome, _forget])
-    for _s in (resolving, staging, done):
+                         _reply_outcome, _release_slot, _forget])
+    for _s in (resolving, staging, queued, done):
         _s.upon(mover_finished, enter=_s, outputs=[])
 
     for _s in _live:
-        _s.upon(failed, enter=done, outputs=[_cancel_pending, _close_listener, _finish_watch,
-                                             _kill_failed, _log_failed, _reply_failed, _forget])
+        _s.upon(failed, enter=done, outputs=[_cancel_pending, _close_listener, _release_slot,
+                                             _finish_watch, _kill_failed, _log_failed,
+                                             _reply_failed, _forget])
     done.upon(failed, enter=done, outputs=[])
 
+    # An open still waiting (for tape or for its mover queue) at its
+    # deadline gets dCache's 112.
     for _s in _live:
         _s.upon(deadline_waiting, enter=done,
-                outputs=[_cancel_pending, _close_listener, _finish_watch, _kill_timed_out,
-                         _log_timeout, _reply_timeout, _forget])
+                outputs=[_cancel_pending, _close_listener, _release_slot, _finish_watch,
+                         _kill_timed_out, _log_timeout, _reply_timeout, _forget])
     done.upon(deadline_waiting, enter=done, outputs=[])
 
     # A read cut at its deadline gets no reply: dccp takes it for a network
     # failure, pings on the same session id, reopens and seeks back.
     for _s in _live:
         _s.upon(deadline_reading, enter=done,
-                outputs=[_cancel_pending, _close_listener, _finish_watch, _kill_interrupted,
-                         _log_interrupted, _forget])
+                outputs=[_cancel_pending, _close_listener, _release_slot, _finish_watch,
+                         _kill_interrupted, _log_interrupted, _forget])
     done.upon(deadline_reading, enter=done, outputs=[])
 
     for _s in _live:
         _s.upon(control_lost, enter=done,
-                outputs=[_cancel_pending, _close_listener, _finish_watch, _kill_lost,
-                         _log_lost, _forget])
+                outputs=[_cancel_pending, _close_listener, _release_slot, _finish_watch,
+                         _kill_lost, _log_lost, _forget])
     done.upon(control_lost, enter=done, outputs=[])
     del _s, _live

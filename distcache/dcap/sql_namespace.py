@@ -34,6 +34,7 @@ from distcache.dcap.errors import (
     NotFound,
     ReadOnly,
 )
+from distcache.dcap import retention
 from distcache.dcap.names import ino_of, join_path, pnfsid_of, split_path
 from distcache.dcap.namespace import ROOT, Access, Entry, INamespace, WriteTicket
 
@@ -43,7 +44,16 @@ ROOT_INO = 1
 
 COLUMNS = (
     "ino, parent, name, type, mode, uid, gid, size, atime, mtime, ctime, "
-    "adler32, on_disk, tape_uri, pool, staging"
+    "adler32, on_disk, tape_uri, pool, staging, access_latency, retention_policy"
+)
+
+#: Columns added after the first schema, with their SQL types (the same in both
+#: engines): an older database gets them by ALTER TABLE when it is opened, and
+#: each engine's schema has them for new ones.
+ADDED_COLUMNS = (
+    ("staging", "BIGINT"),
+    ("access_latency", "TEXT"),
+    ("retention_policy", "TEXT"),
 )
 
 
@@ -128,9 +138,9 @@ class SQLNamespace:
     @staticmethod
     def _entry(row, path):
         (ino, parent, name, typ, mode, uid, gid, size, atime, mtime, ctime,
-         adler, on_disk, uri, pool, staging) = row
+         adler, on_disk, uri, pool, staging, latency, policy) = row
         return Entry(ino, parent, name, path, typ, mode, uid, gid, size, atime,
-                     mtime, ctime, adler, bool(on_disk), uri, pool, staging)
+                     mtime, ctime, adler, bool(on_disk), uri, pool, staging, latency, policy)
 
     def _resolve(self, parts, subject, missing):
         """Walk parts from the root checking search permission on each directory.
@@ -173,9 +183,15 @@ class SQLNamespace:
         return self._lookup(path, subject)
 
     def tape_copies(self):
-        """{pnfsid: storage URI or None} of every file, in one query (the pool's survey)."""
-        return {pnfsid_of(ino): uri for ino, uri in
-                self._all("SELECT ino, tape_uri FROM inode WHERE type = 'f'")}
+        """{pnfsid: (storage URI or None, flushable)} of every file, in one query.
+
+        The pool's survey: where each file's tape copy is, and whether it may
+        go to tape at all (ONLINE+REPLICA files stay on disk only).
+        """
+        return {pnfsid_of(ino): (uri, retention.flushable(latency, policy))
+                for ino, uri, latency, policy in self._all(
+                    "SELECT ino, tape_uri, access_latency, retention_policy FROM inode"
+                    " WHERE type = 'f'")}
 
     def get(self, pnfsid):
         row = self._row_by_ino(ino_of(pnfsid))
@@ -391,13 +407,16 @@ class SQLNamespace:
                 if not ticket.replace and current.ino != expected:
                     raise _read_only(ticket.path, None)
                 self._run("DELETE FROM inode WHERE ino = ?", (current.ino,))
+            # a new version of a file keeps what its creator asked for unless asked anew
+            latency = ticket.access_latency or (current.access_latency if current else None)
+            policy = ticket.retention_policy or (current.retention_policy if current else None)
             now = self._clock()
             new_ino = self._insert(
                 "INSERT INTO inode (parent, name, type, mode, uid, gid, size, atime,"
-                " mtime, ctime, adler32, on_disk, pool)"
-                " VALUES (?, ?, 'f', ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                " mtime, ctime, adler32, on_disk, pool, access_latency, retention_policy)"
+                " VALUES (?, ?, 'f', ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                 (ticket.parent, ticket.name, ticket.mode, ticket.uid, ticket.gid,
-                 size, now, now, now, adler32, pool),
+                 size, now, now, now, adler32, pool, latency, policy),
             )
             self._touch(ticket.parent, now)
             new = self._entry(self._row_by_ino(new_ino), ticket.path)

@@ -9,7 +9,7 @@ failing, and wait up to the busy timeout for one another.  The rules are
 import os
 import sqlite3
 
-from distcache.dcap.sql_namespace import ROOT_INO, SQLNamespace, now
+from distcache.dcap.sql_namespace import ADDED_COLUMNS, ROOT_INO, SQLNamespace, now
 
 __all__ = ["DB_NAME", "ROOT_INO", "SQLiteNamespace", "open_namespace"]
 
@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS inode (
     tape_uri TEXT,
     pool TEXT,
     staging INTEGER,
+    access_latency TEXT,
+    retention_policy TEXT,
     UNIQUE (parent, name)
 );
 CREATE INDEX IF NOT EXISTS inode_tape ON inode (tape_uri) WHERE tape_uri IS NOT NULL;
@@ -63,8 +65,9 @@ class SQLiteNamespace(SQLNamespace):
                 if statement.strip():
                     self._run(statement)
             columns = {r[1] for r in self._all("PRAGMA table_info(inode)")}
-            if "staging" not in columns:
-                self._run("ALTER TABLE inode ADD COLUMN staging INTEGER")
+            for column, kind in ADDED_COLUMNS:
+                if column not in columns:
+                    self._run("ALTER TABLE inode ADD COLUMN %s %s" % (column, kind))
             self._make_root()
 
     def close(self):

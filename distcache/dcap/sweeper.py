@@ -32,6 +32,7 @@ class Copy:
     busy: bool = False  # being read, written, flushed or staged
     pinned_until: "float | None" = None
     is_file: bool = True  # False: data of no file (an upload mid-commit, or an orphan)
+    flushable: bool = True  # False: a disk-only file (ONLINE+REPLICA), never sent to tape
 
     def pinned(self, now):
         return self.pinned_until is not None and self.pinned_until > now

@@ -64,12 +64,26 @@ def test_every_option():
     assert (service.listen, service.root, service.fsync) == ("tcp:2000:interface=127.0.0.1", "/tmp/x", False)
 
 
+def test_open_option_policies():
+    config = dcap_tap.door_config(parse())
+    assert not config.allow_access_latency and not config.allow_retention_policy
+    assert config.io_queues == ()
+    config = dcap_tap.door_config(parse("--allow-access-latency", "--allow-retention-policy",
+                                        "--io-queue", "tape=2", "--io-queue", "wan=5",
+                                        "--io-queue", "tape=3"))
+    assert config.allow_access_latency and config.allow_retention_policy
+    assert config.io_queues == (("wan", 5), ("tape", 3))
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
 @pytest.mark.parametrize("argv", [("--anonymous-access", "SOME"), ("--client-version", "two"),
                                   ("--trust-client-uid", "everyone"),
                                   ("--allowed-subnets", "10.0.0.0/33"),
                                   ("--max-waiting-opens", "0"), ("--max-file-size", "1.5G"),
                                   ("--max-file-size", "G"), ("--max-file-size", "-1"),
-                                  ("--max-logins", "-1"), ("--max-logins-per-peer", "many")])
+                                  ("--max-logins", "-1"), ("--max-logins-per-peer", "many"),
+                                  ("--io-queue", "tape"), ("--io-queue", "tape=0"),
+                                  ("--io-queue", "default=3")])
 def test_bad_values_are_usage_errors(argv):
     with pytest.raises(usage.UsageError):
         parse(*argv)

@@ -414,8 +414,8 @@ def test_a_refused_overwrite_says_what_would_allow_it(pool):
     put(pool, "/f", b"old")
     c = Client(pool, access=Access.FULL, allow_truncate=True)
     assert c.ask('1 0 client open "%s" w h 1 -uid=0' % url("/f")) == \
-        '1 0 client failed 1 "File is readOnly: /f exists; the client did not ask to truncate' \
-        ' (-truncate)"'
+        '1 0 client failed 1 "File is readOnly: /f exists; the client did not ask to replace it' \
+        ' (-truncate or -overwrite)"'
 
 
 def test_control_eof_kills_the_mover_and_discards_the_write(pool):

@@ -358,6 +358,7 @@ def test_opens_a_namespace_made_before_the_staging_column(tmp_path):
     ns = open_namespace(str(root))
     entry = ns.lookup("/kept", ROOT)
     assert entry.size == 3 and entry.staging is None
+    assert entry.access_latency is None and entry.retention_policy is None and entry.flushable
     ns.close()
 
 

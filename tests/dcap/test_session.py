@@ -14,23 +14,25 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
+from distcache.dcap.ioqueue import MoverQueue
 from distcache.dcap.mover import Transfer, TransferError
 from distcache.dcap.opentimeout import OpenTimeouts
 from distcache.dcap.session import Session
 
-STATES = ["resolving", "staging", "awaiting_mover", "transferring", "done"]
-INPUTS = ["answered", "stage", "ready", "listening", "mover_connected", "mover_finished",
-          "failed", "deadline_waiting", "deadline_reading", "control_lost"]
+STATES = ["resolving", "staging", "queued", "awaiting_mover", "transferring", "done"]
+INPUTS = ["answered", "stage", "queue", "admitted", "ready", "listening", "mover_connected",
+          "mover_finished", "failed", "deadline_waiting", "deadline_reading", "control_lost"]
 
-R, S, A, T, D = STATES
+R, S, Q, A, T, D = STATES
 #: state -> the state each input (in INPUTS order) leads to.
 TABLE = {
-    #                answered stage ready listening connected finished failed dl_wait dl_read lost
-    "resolving":      [D,     S,    A,    R,        R,        R,       D,     D,      D,      D],
-    "staging":        [S,     S,    A,    S,        S,        S,       D,     D,      D,      D],
-    "awaiting_mover": [A,     A,    A,    A,        T,        D,       D,     D,      D,      D],
-    "transferring":   [T,     T,    T,    T,        T,        D,       D,     D,      D,      D],
-    "done":           [D,     D,    D,    D,        D,        D,       D,     D,      D,      D],
+    #          answered stage queue admitted ready listening connected finished failed dl_wait dl_read lost
+    "resolving":      [D, S, Q, R, A, R, R, R, D, D, D, D],
+    "staging":        [S, S, Q, S, A, S, S, S, D, D, D, D],
+    "queued":         [Q, Q, Q, R, Q, Q, Q, Q, D, D, D, D],
+    "awaiting_mover": [A, A, A, A, A, A, T, D, D, D, D, D],
+    "transferring":   [T, T, T, T, T, T, T, D, D, D, D, D],
+    "done":           [D, D, D, D, D, D, D, D, D, D, D, D],
 }
 
 
@@ -78,6 +80,11 @@ class Walk:
                                                  self.session.deadline_reading)
         self.waits = []
         self.ports = []
+        #: the mover queue the walk's open waits in: its one place taken by another open
+        self.queue = MoverQueue("tape", 1)
+        self.queue.acquire()
+        #: where the places the walk's open is admitted with come from
+        self.places = MoverQueue("disk", None)
         self.transfers = []
 
     def transfer(self):
@@ -97,6 +104,12 @@ class Walk:
             wait.addErrback(lambda f: f.trap(defer.CancelledError))
             self.waits.append(wait)
             s.stage(wait)
+        elif name == "queue":
+            wait = self.queue.acquire()
+            self.waits.append(wait)
+            s.queue(wait)
+        elif name == "admitted":
+            s.admitted(self.places.acquire().result)
         elif name == "ready":
             s.ready(self.transfer(), True)
         elif name == "listening":
@@ -121,6 +134,7 @@ class Walk:
 PATHS = {
     "resolving": [],
     "staging": ["stage"],
+    "queued": ["queue"],
     "awaiting_mover": ["ready"],
     "transferring": ["ready", "listening", "mover_connected"],
     "done": ["failed"],
@@ -142,6 +156,8 @@ def test_every_input_in_every_state(state, index, name):
     else:
         assert walk.door.ended == []
         assert len(walk.timeouts) == 1
+        # a place is held only by an open admitted from its queue
+        assert walk.places.running == (1 if (state, name) == ("queued", "admitted") else 0)
 
 
 def check_ended(walk, outcomes=1):
@@ -155,6 +171,8 @@ def check_ended(walk, outcomes=1):
     assert s.pending is None
     assert all(not p.listening for p in walk.ports)   # mover ports closed
     assert all(t.ended for t in walk.transfers)       # transfers ended (files closed)
+    assert s.slot is None and walk.places.running == 0  # its mover queue place given back
+    assert not walk.queue.waiting                     # and a wait for one cancelled
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -280,3 +298,37 @@ def test_status_text_follows_the_state_and_the_time_in_it():
     session.mover_connected()
     assert session.status_text(7, "99") == "[4][7][99] transferring(0)"
     session.control_lost("client gone")
+
+
+def test_a_queued_open_holds_its_place_until_its_mover_ends():
+    walk = Walk()
+    walk.fire("queue")
+    assert walk.session.state() == "queued"
+    walk.fire("admitted")
+    walk.fire("ready")
+    walk.fire("listening")
+    walk.fire("mover_connected")
+    assert walk.places.running == 1
+    walk.fire("mover_finished")
+    assert walk.places.running == 0
+    assert walk.door.lines[-1] == "3 0 client ok"
+
+
+def test_an_open_still_queued_at_its_deadline_gets_112_and_leaves_the_queue():
+    walk = Walk()
+    walk.timeouts.start()
+    walk.fire("queue")
+    for _ in range(11):
+        walk.reactor.advance(1)  # the watch's 10 s deadline, checked every second
+    assert walk.session.state() == "done"
+    assert walk.door.lines == ['3 0 client failed 112 "User timeout canceled session"']
+    assert walk.door.outcomes == [("timeout", 112)]
+    assert not walk.queue.waiting and walk.queue.running == 1
+
+
+def test_status_says_queued():
+    walk = Walk()
+    walk.reactor.advance(3)
+    walk.fire("queue")
+    walk.reactor.advance(0.5)
+    assert walk.session.status_text(0, "1") == "[3][0][1] queued(0)"

@@ -432,3 +432,15 @@ def test_a_copy_being_copied_for_an_rw_open_is_busy(tmp_path, clock):
         upload.abort()
     finally:
         pool.namespace.close()
+
+
+def test_the_flush_policy_leaves_disk_only_files_on_disk(pools, clock):
+    pool = pools(flush_after=60, sweep_interval=10)
+    pool.start_management()
+    store(pool, "/replica", access_latency="ONLINE", retention_policy="REPLICA")
+    store(pool, "/custodial", access_latency="NEARLINE", retention_policy="CUSTODIAL")
+    clock.advance(120)
+    assert state(pool, "/custodial") == "disk+tape"
+    assert state(pool, "/replica") == "disk"
+    # never even tried: no failed flush waiting to be tried again
+    assert pool.flusher._backoff == {}
