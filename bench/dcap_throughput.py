@@ -122,7 +122,7 @@ def start_door(tmp, fsync):
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
             "-l", os.path.join(tmp, "door.log"), "dcap-door", "--listen",
             "tcp:%d:interface=127.0.0.1" % port, "--root", os.path.join(tmp, "root"),
-            "--anonymous-access", "FULL", "--allow-truncate",
+            "--anonymous-access", "FULL", "--trust-client-uid", "127.0.0.0/8", "--allow-truncate",
             "--transfer-log", os.path.join(tmp, "transfers.log")]
     if not fsync:
         argv.append("--no-fsync")
