@@ -59,6 +59,19 @@ def adler32_text(value) -> Optional[str]:
     return "%08x" % (value,)
 
 
+def door_seconds(session) -> float:
+    """The door's share of an open: its own time, without waits on the client.
+
+    From the open line to the door being ready for the data connection,
+    plus the time the mover spent answering requests and committing.
+    """
+    started = getattr(session, "started", None)
+    resolved = getattr(session, "resolved", None)
+    ready = resolved - started if started is not None and resolved is not None else 0.0
+    busy = getattr(session.transfer, "busy", 0.0) if session.transfer is not None else 0.0
+    return round(max(0.0, ready) + busy, 6)
+
+
 def transfer_record(session, client: str, result: str, error, now: float) -> dict:
     """The record of one ended open, as plain data (one JSON line in the log).
 
@@ -87,6 +100,7 @@ def transfer_record(session, client: str, result: str, error, now: float) -> dic
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "duration": round(max(0.0, now - started), 6) if started is not None else 0.0,
+        "door_seconds": door_seconds(session),
         "result": result,
         "adler32": adler32_text(entry.adler32) if entry is not None else None,
     }

@@ -15,6 +15,31 @@ BLOCK_SIZE = 1 << 20
 #: adler32 of no bytes, where a running checksum starts.
 ADLER32_START = 1
 
+_ADLER_BASE = 65521
+
+
+def adler32_concat(first: int, second: int, second_length: int) -> int:
+    """The adler32 of X+Y from adler32(X), adler32(Y) and len(Y).
+
+    adler32 is (B << 16) | A with A = 1 + the byte sum and B the sum of
+    the running A's, both modulo 65521.  Summing Y after X instead of after
+    nothing adds A(X) - 1 to each of Y's running A's: A = A(X) + A(Y) - 1,
+    B = B(X) + B(Y) + len(Y) * (A(X) - 1).  So pieces of a stream can be
+    summed apart (on other threads) and joined in order.
+    """
+    a1, b1 = first & 0xFFFF, first >> 16
+    a2, b2 = second & 0xFFFF, second >> 16
+    a = (a1 + a2 - 1) % _ADLER_BASE
+    b = (b1 + b2 + (second_length % _ADLER_BASE) * (a1 - 1)) % _ADLER_BASE
+    return (b << 16) | a
+
+
+def adler32_of_pieces(pieces, value=ADLER32_START) -> int:
+    """The adler32 of byte pieces (bytes or memoryviews), one after the other."""
+    for piece in pieces:
+        value = zlib.adler32(piece, value)
+    return value
+
 
 def adler32_of(f, value=ADLER32_START, block=BLOCK_SIZE):
     """The adler32 of everything f (a binary file object) reads from its position on.

@@ -639,6 +639,7 @@ class DoorProtocol(LineOnlyReceiver):
             return session.transfer.start(session)  # another node's pool serves it (cluster.py)
         if passive:
             return self._listen(session)
+        session.resolved = self.factory.reactor.seconds()
         return self._connect_back(session)
 
     def _listen(self, session: Session) -> defer.Deferred:
@@ -651,6 +652,7 @@ class DoorProtocol(LineOnlyReceiver):
                                 session.mover_connected)
 
         def listening(port):
+            session.resolved = self.factory.reactor.seconds()
             session.listening(port, control.connect(session.sid, session.cid, host,
                                                     port.getHost().port, challenge))
 

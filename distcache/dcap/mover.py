@@ -33,7 +33,7 @@ from distcache.address import address_text
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.errors import RC_DISK_IO, RC_INVALID_ARGS, TransferError
 from distcache.dcap.sendfile import make_stream
-from distcache.dcap.transfer import Transfer
+from distcache.dcap.transfer import Transfer, ack_now
 
 log = Logger()
 
@@ -89,8 +89,15 @@ class DataChannel(Protocol):
         self._stream = None            # the running reply, in STREAMING
         self._write_cmd = mc.WRITE     # the accepted WRITE, in RECEIVING
         self._processing = False
+        self._close_started = None     # when CLOSE came in, while COMMITTING
 
     # -- connection events ----------------------------------------------
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor as clock
+            self._clock = clock
+        return self._clock.seconds()
 
     def connectionMade(self) -> None:
         if self.state is S.AWAITING_HELLO:
@@ -109,8 +116,12 @@ class DataChannel(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state is S.CLOSED:
             return
+        ack_now(self.transport)
+        start = self._now()
         self.parser.receive_data(data)
         self._process()
+        if self.transfer is not None and self._close_started is None:
+            self.transfer.busy += self._now() - start
 
     def connectionLost(self, reason) -> None:
         if self._stream is not None:
@@ -203,9 +214,10 @@ class DataChannel(Protocol):
         self.state = S.IDLE
         error = self.transfer.write_error
         if error is None:
-            self.transport.write(mc.fin(self._write_cmd))
+            self._reply(mc.fin(self._write_cmd))
         else:
-            self.transport.write(mc.fin_error(self._write_cmd, error.rc, error.message))
+            self._reply(mc.fin_error(self._write_cmd, error.rc, error.message))
+        self.transfer.sum_stored()  # while the client reads its next block
 
     def _read(self, event: mc.Read) -> None:
         self._read_from(mc.READ, self.transfer.position, event.count)
@@ -238,7 +250,7 @@ class DataChannel(Protocol):
         self._write_cmd = cmd
         self.parser.begin_data()
         self.state = S.RECEIVING
-        self.transport.write(mc.ack(cmd))
+        self._reply(mc.ack(cmd))
 
     def _locate(self, event: mc.Locate) -> None:
         self.transport.write(mc.locate_ack(self.transfer.size, self.transfer.position))
@@ -249,6 +261,7 @@ class DataChannel(Protocol):
     def _close(self, event: mc.Close) -> None:
         transfer = self.transfer
         self.state = S.COMMITTING
+        self._close_started = self._now()
         try:
             result = transfer.commit(event.adler32)
         except TransferError as e:
@@ -260,8 +273,14 @@ class DataChannel(Protocol):
             return
         self._closed_ok()
 
+    def _closing_done(self) -> None:
+        """Count the commit, from CLOSE to its answer, as the door's time."""
+        if self._close_started is not None:
+            self.transfer.busy += self._now() - self._close_started
+
     def _close_failed(self, e: TransferError) -> None:
         transfer = self.transfer
+        self._closing_done()
         self._enter_closed()
         log.warn("transfer {sid} ({label}) failed at close: {message}",
                  sid=transfer.sid, label=transfer.label, message=e.message)
@@ -271,8 +290,9 @@ class DataChannel(Protocol):
 
     def _closed_ok(self) -> None:
         transfer = self.transfer
+        self._closing_done()
         self._enter_closed()
-        self.transport.write(mc.ack(mc.CLOSE))
+        self._reply(mc.ack(mc.CLOSE))
         self.transport.loseConnection()
         log.info("transfer {sid} ({label}) closed: {bytes_in} bytes in, {bytes_out} bytes out",
                  sid=transfer.sid, label=transfer.label,
@@ -280,6 +300,33 @@ class DataChannel(Protocol):
         transfer.end(None)
 
     # -- helpers --------------------------------------------------------
+
+    def _reply(self, data: bytes) -> None:
+        """Send a short reply the client waits for now, not on the next reactor turn.
+
+        Twisted's transport.write sends on the next pass of the event loop;
+        for the ACK and FIN of a write, which the client waits for before
+        its next block, that is a loop pass and three system calls a block.
+        With nothing queued before it the reply goes straight to the socket;
+        what the socket does not take is queued as usual.
+        """
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if (sock is None or not isinstance(getattr(transport, "dataBuffer", None), bytes)
+                or transport.dataBuffer[transport.offset:]
+                or getattr(transport, "_tempDataBuffer", True)
+                or getattr(transport, "disconnecting", False)):
+            transport.write(data)
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            transport.write(data)  # the transport meets the same error and reports it
+            return
+        if sent < len(data):
+            transport.write(data[sent:])
 
     def _seek_to(self, offset: int, whence: int, cmd: int) -> Optional[int]:
         transfer = self.transfer

@@ -106,8 +106,9 @@ class Upload:
         disk I/O error); adler32 is computed here when the mover could not
         follow the writes; client_adler32, when the client sent one, must
         match it.  The fsyncs and the checksum run on the pool's disk
-        worker and the namespace commit on its database worker, so with
-        thread workers the answer is a Deferred.  Until it is in, abort()
+        worker (without either, the seal is done at once) and the namespace
+        commit on its database worker, so with thread workers the answer is
+        a Deferred.  Until it is in, abort()
         leaves the upload alone: the commit decides.
         """
         if self.done or self.committing:
@@ -115,8 +116,14 @@ class Upload:
         self.committing = True
         work = self.pool.workers
         try:
+            if self.pool.fsync or adler32 is None:
+                sealed = work.disk(self._seal, size, adler32, client_adler32)
+            else:
+                # Nothing to sync and no file to read back: a flush of the last
+                # buffered bytes, an fstat and a close, cheaper than a thread hop.
+                sealed = self._seal(size, adler32, client_adler32)
             result = then(
-                work.disk(self._seal, size, adler32, client_adler32),
+                sealed,
                 lambda sealed: work.database(
                     self.pool.engine.commit_write, self.ticket, sealed[0], sealed[1],
                     self.pool.name, self._place))

@@ -86,6 +86,10 @@ class Session:
         #: The request line that opened the session, and its options.
         self.request = None
         self.options = {}
+        #: Reactor times: the open line came in, and the door was ready for
+        #: the data connection (the `connect` reply sent, or connecting back).
+        self.started: Optional[float] = None
+        self.resolved: Optional[float] = None
         #: How the session was answered: None (ok, or not yet), else the error sent.
         self.outcome = None
 

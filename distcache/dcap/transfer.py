@@ -8,17 +8,55 @@ the data-channel protocol: the mover drives it, the door waits on it.
 
 from __future__ import annotations
 
-import zlib
+import socket
 from typing import Optional
 
 from twisted.internet import defer
 
-from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE
+from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_concat, adler32_of_pieces
 from distcache.dcap.errors import RC_DISK_IO, TransferError
 
 #: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
 #: fewer trips through the reactor for a write's DATA blocks.
 RECEIVE_SIZE = 256 * 1024
+
+#: Received bytes a write may hold back from its running checksum: the sum
+#: of a block is taken after its FIN is out, while the client reads its
+#: next block, but never over more than this.
+UNSUMMED_LIMIT = 4 * 1024 * 1024
+
+#: Pieces at least this long are summed on the pool's disk workers, beside
+#: the reactor receiving the next block; shorter ones at once (a thread hop
+#: costs more than their sum).
+THREAD_SUM_MIN = 256 * 1024
+
+#: Bytes whose sums may be running on workers for one transfer; past it the
+#: reactor sums itself, so a checksum slower than the network cannot pile
+#: received blocks up in memory.
+THREAD_SUM_LIMIT = 8 * 1024 * 1024
+
+#: Linux's TCP_QUICKACK (None elsewhere): acknowledge what arrived at once.
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def ack_now(transport) -> None:
+    """Acknowledge the bytes just read at once instead of after the delayed-ACK timer.
+
+    A client writes a DATA header, then the block in a second small write
+    that Nagle holds until the header is acknowledged; the mover answers
+    nothing to a header, so without this every short block (a small file,
+    the tail of a large one) waits the peer's 40 ms delayed-ACK timer.
+    Linux clears the flag by itself, so it is set again after each read.
+    """
+    if TCP_QUICKACK is None:
+        return
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+        except OSError:
+            pass
 
 
 class Transfer:
@@ -50,6 +88,9 @@ class Transfer:
         self.position = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Seconds the mover spent answering this transfer's requests (not
+        #: waiting for the client): the data side of the door's share.
+        self.busy = 0.0
         self.outcome: defer.Deferred = defer.Deferred()
         # The first block that could not be stored: the file has a hole,
         # so every later FIN and the CLOSE report it and nothing commits.
@@ -57,6 +98,12 @@ class Transfer:
         self._transport = None
         # running adler32, valid while the file is written front to back
         self._adler: Optional[int] = ADLER32_START if size == 0 else None
+        self._unsummed: list = []       # stored bytes not yet summed, in order
+        self._unsummed_bytes = 0
+        # Pieces summed apart, after _adler and in order: [length, adler32 or
+        # a Deferred of it while a worker sums]; joined at commit.
+        self._pieces: list = []
+        self._summing_bytes = 0
         self._fpos = -1
 
     @property
@@ -97,19 +144,88 @@ class Transfer:
         return f.read(count)
 
     def write_at(self, offset: int, data: bytes) -> None:
+        """Write data at offset; data is kept for the checksum until summed, so a
+        mutable buffer is copied (the mover's are views of received bytes)."""
+        if not isinstance(data, bytes) and not (
+                isinstance(data, memoryview) and isinstance(data.obj, bytes)):
+            data = bytes(data)
         f = self.upload.file
         if offset != self._fpos:
             f.seek(offset)
         if self._adler is not None:
             if offset == self.size:
-                self._adler = zlib.adler32(data, self._adler)
+                self._unsummed.append(data)
+                self._unsummed_bytes += len(data)
             else:
                 self._adler = None
+                self._unsummed.clear()
+                self._unsummed_bytes = 0
+                self._pieces.clear()
         f.write(data)
+        if self._unsummed_bytes > UNSUMMED_LIMIT:
+            self.sum_stored()
         end = offset + len(data)
         self._fpos = end
         if end > self.size:
             self.size = end
+
+    def sum_stored(self) -> None:
+        """Start the adler32 of the bytes stored since the last call.
+
+        The mover calls this once a block's FIN is on its way.  A large
+        piece is summed on the pool's disk workers while the reactor takes
+        the next block (zlib releases the GIL); a small one, or any when too
+        much is being summed already, at once.  commit() joins the pieces.
+        """
+        chunks, length = self._unsummed, self._unsummed_bytes
+        self._unsummed, self._unsummed_bytes = [], 0
+        if self._adler is None or not length:
+            return
+        workers = getattr(getattr(self.upload, "pool", None), "workers", None)
+        if (workers is None or length < THREAD_SUM_MIN
+                or self._summing_bytes + length > THREAD_SUM_LIMIT):
+            value = adler32_of_pieces(chunks)
+        else:
+            value = workers.disk(adler32_of_pieces, chunks)
+        if not isinstance(value, defer.Deferred):
+            if not self._pieces:
+                self._adler = adler32_concat(self._adler, value, length)
+            else:
+                self._pieces.append([length, value])
+            return
+        piece = [length, value]
+        self._pieces.append(piece)
+        self._summing_bytes += length
+
+        def summed(result):
+            piece[1] = result
+            self._summing_bytes -= length
+            return result
+
+        def failed(failure):
+            self._summing_bytes -= length
+            return failure
+
+        value.addCallbacks(summed, failed)
+
+    def _joined_adler(self):
+        """The running adler32 with every piece in: a value, or a Deferred while workers sum."""
+        self.sum_stored()
+        pending = [p[1] for p in self._pieces if isinstance(p[1], defer.Deferred)]
+
+        def join(_=None):
+            if self._adler is None:
+                return None
+            adler = self._adler
+            for length, value in self._pieces:
+                adler = adler32_concat(adler, value, length)
+            self._pieces.clear()
+            self._adler = adler
+            return adler
+
+        if not pending:
+            return join()
+        return defer.gatherResults(pending, consumeErrors=True).addCallback(join)
 
     def store(self, data) -> None:
         """Write received DATA bytes at the position; a failure is kept, not raised."""
@@ -137,15 +253,22 @@ class Transfer:
             raise self.write_error
         if self.upload is None:
             return None
-        try:
-            result = self.upload.commit(size=self.size, adler32=self._adler,
-                                        client_adler32=client_adler32)
-        except Exception as e:
-            raise _as_transfer_error(e)
+        adler = self._joined_adler()
+        if isinstance(adler, defer.Deferred):
+            result = adler.addCallback(self._commit_upload, client_adler32)
+            return result.addCallbacks(lambda _: None,
+                                       lambda f: _raise(_as_transfer_error(f.value)))
+        result = self._commit_upload(adler, client_adler32)
         if isinstance(result, defer.Deferred):
             return result.addCallbacks(lambda _: None,
                                        lambda f: _raise(_as_transfer_error(f.value)))
         return None
+
+    def _commit_upload(self, adler, client_adler32):
+        try:
+            return self.upload.commit(size=self.size, adler32=adler, client_adler32=client_adler32)
+        except Exception as e:
+            raise _as_transfer_error(e)
 
     def end(self, error: Optional[TransferError] = None) -> None:
         """Decide the outcome (once; later calls do nothing).

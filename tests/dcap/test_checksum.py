@@ -6,7 +6,9 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_of, adler32_of_file
+from distcache.dcap.checksum import (
+    ADLER32_START, BLOCK_SIZE, adler32_concat, adler32_of, adler32_of_file, adler32_of_pieces,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 2 * BLOCK_SIZE + 7])
@@ -24,3 +26,25 @@ def test_adler32_of_continues_a_running_value_from_the_file_position(head, tail,
     f.seek(len(head))
     running = zlib.adler32(head, ADLER32_START)
     assert adler32_of(f, running, block=block) == zlib.adler32(head + tail)
+
+
+@given(st.binary(max_size=3000), st.binary(max_size=3000))
+@settings(max_examples=300, deadline=None)
+def test_adler32_of_two_pieces_joins_to_that_of_the_whole(first, second):
+    joined = adler32_concat(zlib.adler32(first), zlib.adler32(second), len(second))
+    assert joined == zlib.adler32(first + second)
+
+
+def test_adler32_joins_pieces_longer_than_the_modulus_with_every_byte_at_its_top():
+    first, second = b"\xff" * 70000, b"\xff" * 140000  # sums wrap 65521 more than once
+    assert adler32_concat(zlib.adler32(first), zlib.adler32(second), len(second)) == \
+        zlib.adler32(first + second)
+    assert adler32_concat(zlib.adler32(first), zlib.adler32(b""), 0) == zlib.adler32(first)
+    assert adler32_concat(zlib.adler32(b""), zlib.adler32(second), len(second)) == \
+        zlib.adler32(second)
+
+
+def test_adler32_of_pieces_reads_views_as_their_bytes():
+    data = bytes(range(256)) * 50
+    view = memoryview(data)
+    assert adler32_of_pieces([view[:100], view[100:7000], b"", view[7000:]]) == zlib.adler32(data)

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from distcache.dcap import hsm
+from distcache.dcap import accounting, hsm
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.configsource import Setting
 from distcache.dcap.door import DoorFactory
@@ -148,7 +148,9 @@ def test_a_write_and_a_read_each_leave_one_record_and_their_counts(door, pool, r
     assert written == {
         "time": "1970-01-01T00:00:02.500+00:00", "transfer": 1, "client": "192.168.1.1:54321",
         "path": "/f", "pnfsid": entry.pnfsid, "mode": "w", "bytes": len(PAYLOAD),
-        "bytes_in": len(PAYLOAD), "bytes_out": 0, "duration": 2.5, "result": "ok",
+        "bytes_in": len(PAYLOAD), "bytes_out": 0, "duration": 2.5,
+        # the 2.5 s the client took between its blocks are not the door's
+        "door_seconds": 0.0, "result": "ok",
         "adler32": "%08x" % zlib.adler32(PAYLOAD)}
     assert read["mode"] == "r" and read["result"] == "ok" and read["transfer"] == 2
     assert read["pnfsid"] == entry.pnfsid and read["adler32"] == written["adler32"]
@@ -322,3 +324,20 @@ def test_metrics_and_transfer_log_options(tmp_path, monkeypatch):
     old.__setstate__(state)
     assert (old.metrics, old.transfer_log) == (None, None)
     assert pickle.loads(pickle.dumps(service)).transfer_log == service.transfer_log
+
+
+def test_the_doors_share_is_its_set_up_plus_the_movers_work():
+    """door_seconds: open line to `connect` sent, plus what the mover spent answering."""
+    class _Transfer:
+        busy = 0.25
+
+    class _Session:
+        started = 10.0
+        resolved = 10.5
+        transfer = _Transfer()
+
+    assert accounting.door_seconds(_Session()) == 0.75
+    _Session.resolved = None  # refused before the door was ready: only the mover's time
+    assert accounting.door_seconds(_Session()) == 0.25
+    _Session.transfer = None
+    assert accounting.door_seconds(_Session()) == 0.0

@@ -1,10 +1,12 @@
 """The mover's DataChannel on a StringTransport, with real pool uploads in tmp."""
 
 import io
+import socket
 import struct
 import zlib
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
 from distcache.dcap import mover_codec as mc
@@ -12,7 +14,7 @@ from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import NotFound
 from distcache.dcap.mover import DataChannel
 from distcache.dcap.namespace import ROOT
-from distcache.dcap.transfer import Transfer
+from distcache.dcap.transfer import TCP_QUICKACK, THREAD_SUM_MIN, Transfer
 from distcache.dcap.pool import open_pool
 from distcache.dcap.dataport import DataPort
 from distcache.dcap.mover import HELLO_TIMEOUT
@@ -293,3 +295,118 @@ def test_a_block_that_cannot_be_stored_fails_the_close_and_keeps_the_old_version
     assert entry.size == len(b"old contents")
     with pool.open_read(entry) as f:
         assert f.read() == b"old contents"
+
+
+class _RecordingSocket(socket.socket):
+    """A real (unconnected) socket that remembers the options set on it."""
+
+    def __init__(self):
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.options = []
+
+    def setsockopt(self, level, name, value, *rest):
+        self.options.append((level, name, value))
+        return super().setsockopt(level, name, value, *rest)
+
+
+class _SocketTransport(StringTransport):
+    def __init__(self, sock):
+        super().__init__()
+        self._sock = sock
+
+    def getHandle(self):
+        return self._sock
+
+
+@pytest.mark.skipif(TCP_QUICKACK is None, reason="TCP_QUICKACK is Linux's")
+def test_every_read_of_a_write_is_acknowledged_at_once(pool):
+    """A DATA header gets no reply, so its ACK must not wait for the delayed-ACK timer."""
+    tr = write_transfer(pool, "/quick")
+    sock = _RecordingSocket()
+    try:
+        t = _SocketTransport(sock)
+        ch = DataChannel(transfer=tr)
+        ch.makeConnection(t)
+        payload = b"x" * 1024
+        pieces = [mc.encode_write(), mc.encode_data(payload, block=4096), mc.encode_close(None)]
+        for piece in pieces:
+            ch.dataReceived(piece)
+        quick = [o for o in sock.options if o == (socket.IPPROTO_TCP, TCP_QUICKACK, 1)]
+        assert len(quick) == len(pieces)
+        assert pool.namespace.lookup("/quick", ROOT).size == len(payload)
+    finally:
+        sock.close()
+
+
+class _LaterWorkers:
+    """Pool workers whose disk work (the block checksums) finishes when the test says."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def disk(self, fn, *args):
+        d = defer.Deferred()
+        self.waiting.append((d, fn, args))
+        return d
+
+    def database(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def finish(self, order):
+        waiting, self.waiting = self.waiting, []
+        for i in order:
+            d, fn, args = waiting[i]
+            try:
+                result = fn(*args)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(result)
+
+
+def test_large_blocks_are_summed_off_the_reactor_and_joined_in_order_at_close(pool):
+    """The FIN of each block goes out first; CLOSE waits for the sums, in any finishing order."""
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/big")
+    ch, t = channel_for(tr)
+    block = THREAD_SUM_MIN + 5
+    payload = bytes(range(251)) * (3 * block // 251 + 1)
+    payload = payload[:3 * block] + b"tail"
+    stream = (mc.encode_write() + mc.encode_data(payload[:block], block=block)
+              + mc.encode_write() + mc.encode_data(payload[block:3 * block], block=block)
+              + mc.encode_write() + mc.encode_data(payload[3 * block:], block=block))
+    for i in range(0, len(stream), 65536):
+        ch.dataReceived(stream[i:i + 65536])
+    r = Replies(t.value())
+    for _ in range(3):
+        assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+        assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    assert len(later.waiting) == 2  # two large pieces on workers; the 4-byte tail summed at once
+    t.clear()
+    ch.dataReceived(mc.encode_close(zlib.adler32(payload)))
+    assert t.value() == b""  # the close waits for the sums
+    # the commit's own disk work queues behind them; finish the sums last one first
+    later.finish([1, 0])
+    while later.waiting:
+        later.finish(range(len(later.waiting)))
+    assert Replies(t.value()).reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    entry = pool.engine.lookup("/big", ROOT)
+    assert entry.size == len(payload) and entry.adler32 == zlib.adler32(payload)
+
+
+def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool):
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/bad")
+    ch, t = channel_for(tr)
+    payload = b"z" * (THREAD_SUM_MIN * 2)
+    ch.dataReceived(mc.encode_write() + mc.encode_data(payload, block=len(payload)))
+    t.clear()
+    ch.dataReceived(mc.encode_close(zlib.adler32(payload) ^ 1))
+    while later.waiting:
+        later.finish(range(len(later.waiting)))
+    code, cmd, rc, _ = Replies(t.value()).reply()
+    assert (code, cmd) == (mc.ACK, mc.CLOSE) and rc != 0
+    with pytest.raises(NotFound):
+        pool.engine.lookup("/bad", ROOT)

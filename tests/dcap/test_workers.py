@@ -124,3 +124,36 @@ def test_a_checksum_mismatch_at_commit_leaves_the_old_version(tmp_path):
         assert os.listdir(pool.incoming_dir) == []
     finally:
         shut(pool, workers)
+
+
+@pytest_twisted.inlineCallbacks
+def test_without_fsync_a_known_checksum_seals_at_once_and_only_the_namespace_hops(
+        tmp_path, monkeypatch):
+    """No sync and no read-back: one thread hop (the database) per commit, not two."""
+    pool, workers = threaded_pool(tmp_path, fsync=False)
+    disk_calls = []
+    real_disk = workers.disk
+    monkeypatch.setattr(workers, "disk", lambda fn, *a, **k: disk_calls.append(fn) or real_disk(fn, *a, **k))
+    try:
+        upload = yield pool.open_write("/f", ROOT)
+        upload.file.write(b"small file")
+        committing = upload.commit(size=10, adler32=zlib.adler32(b"small file"),
+                                   client_adler32=zlib.adler32(b"small file"))
+        assert upload.file.closed  # sealed on this thread already
+        entry = yield committing
+        assert (entry.size, entry.adler32) == (10, zlib.adler32(b"small file"))
+        assert disk_calls == []
+
+        upload = yield pool.open_write("/f", ROOT, replace=True)
+        upload.file.write(b"other")
+        try:
+            upload.commit(size=5, adler32=zlib.adler32(b"other"), client_adler32=1)
+        except Exception as e:
+            failure = e
+        assert failure.rc == 204 and "Checksum mismatch" in failure.message
+        assert os.listdir(pool.incoming_dir) == []
+        entry = yield pool.namespace.lookup("/f", ROOT)
+        with pool.open_read(entry) as f:
+            assert f.read() == b"small file"
+    finally:
+        shut(pool, workers)
