@@ -32,6 +32,8 @@ log = Logger()
 
 #: Data connections that may wait for their hello at once; more are refused.
 MAX_WAITING_CONNECTIONS = 1024
+#: ... and from one peer address, so that one host cannot take every place.
+MAX_WAITING_PER_PEER = 256
 
 
 def _key(challenge: bytes) -> bytes:
@@ -69,10 +71,14 @@ class DataPort(Factory):
     noisy = False
 
     def __init__(self, clock=None, hello_timeout: float = HELLO_TIMEOUT,
-                 max_waiting: int = MAX_WAITING_CONNECTIONS):
+                 max_waiting: int = MAX_WAITING_CONNECTIONS,
+                 max_waiting_per_peer: int = MAX_WAITING_PER_PEER):
         self.clock = clock
         self.hello_timeout = hello_timeout
         self.max_waiting = max_waiting
+        self.max_waiting_per_peer = max_waiting_per_peer
+        self._by_peer: Dict[str, int] = {}   # waiting connections per peer address
+        self._full_peers = set()             # peers at their limit, logged once each
         self.listener = None
         self._expected: Dict[bytes, ExpectedMover] = {}
         self._waiting = set()   # channels that have not presented a valid hello yet
@@ -123,13 +129,35 @@ class DataPort(Factory):
                 self._full_logged = True
             return None
         self._full_logged = False
+        host = getattr(addr, "host", None)
+        if host is not None and self._by_peer.get(host, 0) >= self.max_waiting_per_peer:
+            if host not in self._full_peers:
+                log.warn("data port: {n} connections from {peer} already wait for their "
+                         "hello; refusing more from it until some are served",
+                         n=self.max_waiting_per_peer, peer=host)
+                self._full_peers.add(host)
+            return None
         channel = _SharedChannel(self, verify=self.verify, clock=self.clock,
                                  hello_timeout=self.hello_timeout)
+        channel.peer_host = host
         self._waiting.add(channel)
+        if host is not None:
+            self._by_peer[host] = self._by_peer.get(host, 0) + 1
         return channel
 
     def _settled(self, channel) -> None:
+        if channel not in self._waiting:
+            return
         self._waiting.discard(channel)
+        host = channel.peer_host
+        if host is not None:
+            left = self._by_peer.get(host, 1) - 1
+            if left > 0:
+                self._by_peer[host] = left
+            else:
+                self._by_peer.pop(host, None)
+            if left < self.max_waiting_per_peer:
+                self._full_peers.discard(host)
 
 
 class _SharedChannel(DataChannel):
@@ -138,6 +166,7 @@ class _SharedChannel(DataChannel):
     def __init__(self, port: DataPort, **kwargs):
         super().__init__(**kwargs)
         self._port = port
+        self.peer_host = None
 
     def dispatch(self, event) -> None:
         super().dispatch(event)

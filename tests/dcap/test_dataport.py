@@ -104,6 +104,20 @@ def test_connections_waiting_for_their_hello_are_limited():
     assert port.buildProtocol(None) is not None
 
 
+def test_connections_waiting_for_their_hello_are_limited_per_peer_address():
+    from twisted.internet.address import IPv4Address
+    port = DataPort(clock=Clock(), max_waiting=10, max_waiting_per_peer=2)
+    one, other = IPv4Address("TCP", "10.0.0.1", 1), IPv4Address("TCP", "10.0.0.2", 1)
+    first = port.buildProtocol(one)
+    first.makeConnection(StringTransport())
+    second = port.buildProtocol(one)
+    second.makeConnection(StringTransport())
+    assert port.buildProtocol(one) is None          # that peer has its two waiting
+    assert port.buildProtocol(other) is not None    # another peer still gets in
+    first.connectionLost(None)
+    assert port.buildProtocol(one) is not None
+
+
 @given(st.integers(min_value=-2**31, max_value=2**31 - 1), st.binary(max_size=80))
 def test_no_guessed_hello_claims_a_transfer(sid, guess):
     port = DataPort(clock=Clock())
