@@ -41,10 +41,10 @@ $(STAMP): $(VPY) setup.cfg pyproject.toml $(CONSTRAINTS)
 
 venv install: $(STAMP)
 
-# The real DCAP clients (dccp, libpdcap) that the tests drive.
+# The real DCAP clients (dccp, libpdcap) that the tests drive, and dcap's ssl tunnel plugin.
 dcap-client:
-	@command -v dccp >/dev/null || { apt-get update -qq \
-	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcap libdcap1 >/dev/null; }
+	@command -v dccp >/dev/null && [ -n "$(wildcard /usr/lib/*/dcap/libsslTunnel.so)" ] || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcap libdcap1 dcap-tunnel-ssl >/dev/null; }
 
 run: $(STAMP)
 	$(VENV)/bin/twistd --nodaemon --pidfile= -y conf/local.tac

@@ -8,6 +8,7 @@ import os
 
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from distcache import address
@@ -20,6 +21,9 @@ from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
+from distcache.dcap.auth import PasswordFile, PasswordFileError
+from distcache.dcap.tunnel import tls_options
+from distcache.mtls import CredentialsError
 
 log = Logger()
 
@@ -46,6 +50,11 @@ class Options(PolicyOptions):
                                      "(for NAT); default: the address the client reached the door on."],
         ["client-version", None, None, "Accepted client versions, min[:max], e.g. 2.47:2.47.99; "
                                        "other clients are disconnected after hello."],
+        ["tls-cert", None, None, "PEM certificate (chain and key may follow): TLS on every control "
+                                 "connection, as dcap's ssl tunnel speaks it."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (default: the --tls-cert file)."],
+        ["passwd", None, None, "Password file (user:hash:uid:gid, see dcap-admin passwd) for logins "
+                               "through the ssl tunnel; needs TLS (--tls-cert or an ssl: --listen)."],
         ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
          "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
          "clients still connected that it shuts down.", float],
@@ -75,7 +84,31 @@ class Options(PolicyOptions):
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
+        self._check_tls()
         self["policy"] = policy_from_options(self)
+
+
+    def _check_tls(self):
+        """TLS and passwords make sense together: refuse what cannot work at start-up."""
+        ssl_listen = self["listen"].split(":", 1)[0] in ("ssl", "tls")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-cert"]:
+            if ssl_listen:
+                raise usage.UsageError("--tls-cert with an ssl: --listen address would wrap TLS "
+                                       "twice; give the certificate in one place")
+            try:
+                tls_options(self["tls-cert"], self["tls-key"])
+            except CredentialsError as e:
+                raise usage.UsageError("--tls-cert: %s" % (e,))
+        if self["passwd"]:
+            if not (self["tls-cert"] or ssl_listen):
+                raise usage.UsageError("--passwd needs TLS (--tls-cert, or an ssl: --listen "
+                                       "address): passwords never cross the network in clear")
+            try:
+                PasswordFile(self["passwd"]).lines()
+            except PasswordFileError as e:
+                raise usage.UsageError("--passwd: %s" % (e,))
 
 
 def door_config(options) -> DoorConfig:
@@ -89,6 +122,10 @@ def door_config(options) -> DoorConfig:
         client_version_min=low,
         client_version_max=high,
         shutdown_grace=float(options["shutdown-grace"]),
+        passwd=os.path.abspath(options["passwd"]) if options["passwd"] else None,
+        tls_cert=os.path.abspath(options["tls-cert"]) if options["tls-cert"] else None,
+        tls_key=os.path.abspath(options["tls-key"] or options["tls-cert"])
+        if options["tls-cert"] else None,
     )
 
 
@@ -133,7 +170,12 @@ class DoorService(ConfiguredService):
         return self.factory
 
     def build(self, reactor):
-        Listener(self.listen, self.make_factory(reactor), reactor=reactor).setServiceParent(self)
+        factory = self.make_factory(reactor)
+        if self.config.tls_cert:
+            factory = TLSMemoryBIOFactory(tls_options(self.config.tls_cert, self.config.tls_key),
+                                          False, factory)
+            factory.noisy = False
+        Listener(self.listen, factory, reactor=reactor).setServiceParent(self)
 
     def startService(self):
         self._ensure_built()
@@ -144,12 +186,19 @@ class DoorService(ConfiguredService):
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
-        log.info("DCAP door policy: {summary}",
-                 summary=policy_summary(self.policy, self.config.access,
-                                        self.config.allow_truncate))
+        if self.config.tls_cert or self.config.passwd:
+            log.info("DCAP door control connections: {tls}; logins: {logins}",
+                     tls="TLS with " + self.config.tls_cert if self.config.tls_cert
+                     else "TLS from the listening address",
+                     logins=("accounts in " + self.config.passwd) if self.config.passwd
+                     else "none (every client is anonymous)")
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        # The policy line comes last: it says start-up is complete.
+        log.info("DCAP door policy: {summary}",
+                 summary=policy_summary(self.policy, self.config.access,
+                                        self.config.allow_truncate))
 
     def stopService(self):
         """Stop gently: listeners first, then sessions (within the grace), then storage.

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from distcache import memcache, wire
+from distcache.address import address_text
 from distcache.memcache import Command, Reject
 
 VERSION = "1.6.0-distcache"
@@ -149,7 +150,7 @@ class MemcacheProtocol(Protocol):
                     self._emit(event.reply, out)
                 if event.close:
                     self.log.warn("closing memcache connection from {peer}: {reply}",
-                                  peer=self.transport.getPeer(),
+                                  peer=address_text(self.transport.getPeer()),
                                   reply=event.reply.strip().decode("ascii", "replace"))
                     self._finish(out)
                     return
@@ -271,7 +272,7 @@ class MemcacheProtocol(Protocol):
             except StoreUnavailable as e:
                 return memcache.server_error(str(e))
             self.log.info("flush_all from {peer}: {n} sessions forgotten",
-                          peer=self.transport.getPeer(), n=cleared)
+                          peer=address_text(self.transport.getPeer()), n=cleared)
             return memcache.OK
         raise AssertionError(f"unhandled command {name!r}")  # the decoder makes no others
 

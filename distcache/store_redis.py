@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from twisted.internet import defer
@@ -133,8 +133,30 @@ def parse_store_url(text: str) -> RedisTarget:
         raise StoreURLError(f"{text!r}: {e}") from None
 
 
+class _URLParts(NamedTuple):
+    scheme: str
+    netloc: str
+    path: str
+    query: str
+
+
+def _split(text: str) -> _URLParts:
+    """scheme://netloc/path?query, split by hand.
+
+    A Cluster URL's netloc holds several host:port items, bracketed IPv6 among
+    them; urllib's urlsplit refuses that shape in some Python releases.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise StoreURLError(f"{text!r}: the store is 'local' or a {', '.join(SCHEMES)} URL")
+    rest = rest.split("#", 1)[0]
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    return _URLParts(scheme, netloc, slash + path, query)
+
+
 def _parse(text: str) -> RedisTarget:
-    parts = urlsplit(text)
+    parts = _split(text)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise StoreURLError(f"{text!r}: the store is 'local' or a {', '.join(SCHEMES)} URL")

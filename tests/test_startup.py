@@ -192,8 +192,8 @@ def start_door(tmp_path, port, *extra):
         lines.append(line)
         if "DCAP door policy" in line:
             break
-    # the port warning (if any) follows the policy line at once; read on from the same
-    # buffered pipe (communicate() with a timeout would skip what it holds)
+    # the policy line is the last of start-up (the port warning, if any, comes before it);
+    # read on from the same buffered pipe (communicate() with a timeout would skip it)
     proc.terminate()
     rest = proc.stdout.read()
     proc.wait(timeout=30)

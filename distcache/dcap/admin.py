@@ -1,4 +1,4 @@
-"""dcap-admin: look after the namespace, pool and tape of a DCAP state directory.
+"""dcap-admin: look after the namespace, pool and tape of a DCAP state directory, and its logins.
 
 Runs next to (or instead of) a door on the same ``--root``; the SQLite
 namespace lets both work at once.  Tape commands use the back end recorded
@@ -6,6 +6,7 @@ in the root by ``dcap-admin tape``, the same one the door loads.
 """
 
 import argparse
+import getpass
 import os
 import shutil
 import stat
@@ -15,6 +16,7 @@ from twisted.internet import defer, task
 
 from distcache.version import version_line
 from distcache.dcap import hsm
+from distcache.dcap.auth import PLUGIN_LIMIT, PasswordFile, PasswordFileError, check_user_name
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
     RC_DIR_EXISTS, RC_FILE_NOT_FOUND, RC_INVALID_ARGS, RC_NOT_DIRECTORY, BadName, DcapError,
@@ -105,7 +107,60 @@ def build_parser():
     t.add_argument("--retry-delay", type=float, default=5.0)
     t.add_argument("-o", "--option", type=_option, action="append", default=[],
                    help="KEY=VALUE passed to the script as -KEY=VALUE")
+
+    p = sub.add_parser("passwd", help="add a door login, change its password or ids, or remove it")
+    p.add_argument("file", help="the password file the door's --passwd names")
+    p.add_argument("user")
+    p.add_argument("--uid", type=_id, help="uid the user's requests run as (needed for a new user)")
+    p.add_argument("--gid", type=_id, help="gid the user's requests run as (needed for a new user)")
+    p.add_argument("--delete", action="store_true", help="remove the user")
     return parser
+
+
+def _id(text):
+    if not text.isdigit() or int(text) > 0x7FFFFFFF:
+        raise argparse.ArgumentTypeError("ids are numbers from 0 to 2147483647")
+    return int(text)
+
+
+def _new_password(stdin, err):
+    """The new password: asked twice on a terminal, else the first line of standard input."""
+    if stdin.isatty():
+        first = getpass.getpass("New password: ", stream=err)
+        if getpass.getpass("Again: ", stream=err) != first:
+            raise PasswordFileError("the two passwords differ")
+        password = first
+    else:
+        password = stdin.readline().rstrip("\n")
+    if not password:
+        raise PasswordFileError("empty password")
+    if len(password.encode("utf-8")) > PLUGIN_LIMIT or "\n" in password:
+        raise PasswordFileError("passwords are at most %d bytes: dcap's ssl tunnel reads no more"
+                                % PLUGIN_LIMIT)
+    return password
+
+
+def passwd(args, out, err, stdin):
+    """dcap-admin passwd: needs no state directory, only the password file."""
+    accounts = PasswordFile(args.file)
+    try:
+        if args.delete:
+            if not accounts.remove(args.user):
+                err.write("dcap-admin: passwd: no user %s in %s\n" % (args.user, args.file))
+                return 1
+            out.write("removed %s\n" % (args.user,))
+            return 0
+        check_user_name(args.user)
+        known = accounts.find(args.user)
+        if known is None and (args.uid is None or args.gid is None):
+            raise PasswordFileError("a new user needs --uid and --gid")
+        account = accounts.set(args.user, _new_password(stdin, err), args.uid, args.gid)
+    except (PasswordFileError, OSError) as e:
+        err.write("dcap-admin: passwd: %s\n" % (e,))
+        return 1
+    out.write("%s %s (uid %d, gid %d)\n" % ("changed" if known else "added", account.user,
+                                             account.uid, account.gid))
+    return 0
 
 
 def _hsm_names(parser):
@@ -342,7 +397,7 @@ class Admin:
 
 
 @defer.inlineCallbacks
-def run(argv, reactor, out=None, err=None):
+def run(argv, reactor, out=None, err=None, stdin=None):
     """Run one dcap-admin command; fires with the exit status (0, 1 or 2)."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -351,6 +406,8 @@ def run(argv, reactor, out=None, err=None):
         args = parser.parse_args(argv)
     except SystemExit as e:
         return e.code
+    if args.command == "passwd":
+        return passwd(args, out, err, stdin or sys.stdin)
     try:
         root = existing_root(args.root)
     except NoStateDirectory as e:

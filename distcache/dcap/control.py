@@ -207,16 +207,20 @@ def decode_mode(text: Optional[str], default: int) -> int:
         return default
 
 
+#: dcap://, dcaps://, and dcap:// behind a tunnel's prefix (gsidcap://, ssldcap://...),
+#: which libdcap sends as the client wrote it.
+_URL_SCHEME = re.compile(r"[A-Za-z0-9]{0,16}dcaps?://", re.IGNORECASE)
+
+
 def decode_url(url: str) -> str:
-    """Map `dcap://host[:port]/<%-encoded path>` (or a bare path) to a path.
+    """Map `[prefix]dcap://host[:port]/<%-encoded path>` (or a bare path) to a path.
 
     The host and port are dropped, %-escapes decoded (as UTF-8) and runs
     of `/` collapsed.  Raises `BadURL` when the result is not a usable
     absolute path text.
     """
     text = url
-    lowered = text.lower()
-    if lowered.startswith("dcap://") or lowered.startswith("dcaps://") or lowered.startswith("gsidcap://"):
+    if _URL_SCHEME.match(text):
         rest = text.split("://", 1)[1]
         slash = rest.find("/")
         text = "/" if slash < 0 else rest[slash:]

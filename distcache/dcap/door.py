@@ -21,11 +21,13 @@ from io import BytesIO
 from typing import Dict, Optional, Set
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from distcache.dcap import control
+from distcache.dcap.auth import Account, PasswordFile
 from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
@@ -38,6 +40,8 @@ from distcache.dcap.mover import DataChannel, PassiveMoverFactory, connect_to_cl
 from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
+from distcache.dcap.tunnel import LoginGate
+from distcache.dcap.workers import INLINE
 
 log = Logger()
 
@@ -67,15 +71,26 @@ class DoorProtocol(LineOnlyReceiver):
         self.closed = False
         self.stopping = False  # the door told this client it shuts down
         self.peer = "?"
+        self.account: Optional[Account] = None  # who logged in through the ssl tunnel
+        self.gate: Optional[LoginGate] = None
 
     @property
     def config(self) -> DoorConfig:
         return self.factory.config
 
     def connectionMade(self):
+        # Replies are single short lines that the client waits for: without
+        # TCP_NODELAY the last of an exchange (the open's final ok) waits on the
+        # client's delayed ACK, 40 ms a small file.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.peer = host_port(self.transport.getPeer())
         self.factory.connections.add(self)
-        log.info("control connection from {peer}", peer=self.peer)
+        secure = ISSLTransport.providedBy(self.transport)
+        log.info("control connection from {peer}{tls}", peer=self.peer,
+                 tls=" (TLS)" if secure else "")
+        self.gate = LoginGate(secure, self.factory.check_password, self._line, self._logged_in,
+                              self._login_refused, self._close, self.factory.reactor)
 
     # -- framing ---------------------------------------------------------
 
@@ -83,6 +98,15 @@ class DoorProtocol(LineOnlyReceiver):
         self._violation("line longer than %d bytes" % (self.MAX_LENGTH,))
 
     def lineReceived(self, line: bytes):
+        if self.closed:
+            return
+        if self.gate is None:
+            self._line(line)
+        else:
+            self.gate.line(line)
+
+    def _line(self, line: bytes):
+        """A control line past the login gate."""
         if self.closed:
             return
         try:
@@ -103,6 +127,20 @@ class DoorProtocol(LineOnlyReceiver):
         self.transport.write(control.protocol_violation(reason))
         self.closed = True
         self.transport.loseConnection()
+
+    def _logged_in(self, account: Account):
+        self.account = account
+        log.info("control connection from {peer}: user {user} logged in (uid {uid}, gid {gid})",
+                 peer=self.peer, user=account.user, uid=account.uid, gid=account.gid)
+
+    def _login_refused(self, reason: str):
+        log.warn("control connection from {peer}: login refused: {reason}", peer=self.peer,
+                 reason=reason)
+
+    def _close(self):
+        self.closed = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def send(self, line: bytes):
         """Write a reply line while the connection is open."""
@@ -160,6 +198,8 @@ class DoorProtocol(LineOnlyReceiver):
         self.send(control.failed(r.sid, r.cid, rc, message, posix))
 
     def subject(self, r: Request) -> Subject:
+        if self.account is not None:  # a logged-in user's own ids, whatever the client says
+            return self.account.subject()
         uid = r.int_option("uid", self.uid)
         gid = r.int_option("gid", self.gid)
         return Subject(uid, gid, self.config.access)
@@ -438,6 +478,8 @@ class DoorProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason):
         self.closed = True
+        if self.gate is not None:
+            self.gate.lost()
         self.factory.connections.discard(self)
         why = DOOR_STOPPING if self.stopping else CLIENT_GONE
         sessions, self.sessions = self.sessions, {}
@@ -486,6 +528,7 @@ class DoorFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
+        self.passwords = PasswordFile(config.passwd) if config.passwd else None
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False
         self._transfer_ids = itertools.count(1)
@@ -496,6 +539,12 @@ class DoorFactory(Factory):
     def new_transfer_id(self) -> int:
         """A number naming one transfer in every log line about it."""
         return next(self._transfer_ids)
+
+    def check_password(self, user: str, password: str):
+        """The Account of user if password is right, else None (a Deferred off the reactor)."""
+        if self.passwords is None:
+            raise LookupError("this door has no password file (--passwd)")
+        return getattr(self.pool, "workers", INLINE).disk(self.passwords.check, user, password)
 
     def has_disk_copy(self, entry) -> bool:
         """What `check` asks: does a disk copy of entry exist?

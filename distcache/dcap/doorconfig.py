@@ -26,6 +26,9 @@ class DoorConfig:
     client_version_min: Tuple[int, ...] = ()
     client_version_max: Tuple[int, ...] = ()
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    passwd: Optional[str] = None  # the accounts file of logins through the ssl tunnel
+    tls_cert: Optional[str] = None  # TLS on every control connection (the ssl tunnel)
+    tls_key: Optional[str] = None
 
 
 def parse_version_range(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

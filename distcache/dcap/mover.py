@@ -29,6 +29,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from distcache.address import address_text
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.errors import RC_DISK_IO, RC_INVALID_ARGS, TransferError
 from distcache.dcap.sendfile import make_stream
@@ -165,7 +166,7 @@ class DataChannel(Protocol):
 
     def _violation(self, reason: str) -> None:
         log.warn("data channel protocol error from {peer}: {reason}",
-                 peer=self.transport.getPeer(), reason=reason)
+                 peer=address_text(self.transport.getPeer()), reason=reason)
         self._enter_closed()
         if self.transfer is not None:
             self.transfer.end(TransferError(RC_DISK_IO, "data channel protocol error: " + reason, "EIO"))
@@ -174,7 +175,7 @@ class DataChannel(Protocol):
     def _hello_overdue(self) -> None:
         self._hello_timer = None
         log.warn("data connection from {peer} dropped: no hello within {seconds} s",
-                 peer=self.transport.getPeer(), seconds=self._hello_timeout)
+                 peer=address_text(self.transport.getPeer()), seconds=self._hello_timeout)
         self._enter_closed()
         self.transport.abortConnection()
 
@@ -182,7 +183,7 @@ class DataChannel(Protocol):
         transfer = self._verify(event.sid, event.challenge) if self._verify else None
         if transfer is None:
             log.warn("data connection from {peer} refused: wrong session id {sid} or challenge",
-                     peer=self.transport.getPeer(), sid=event.sid)
+                     peer=address_text(self.transport.getPeer()), sid=event.sid)
             self._enter_closed()
             self.transport.loseConnection()
             return
@@ -193,7 +194,7 @@ class DataChannel(Protocol):
         self.transfer = transfer
         transfer.attach(self.transport)
         log.info("data connection for session {sid} ({label}) from {peer}",
-                 sid=event.sid, label=transfer.label, peer=self.transport.getPeer())
+                 sid=event.sid, label=transfer.label, peer=address_text(self.transport.getPeer()))
 
     def _data(self, event: mc.DataChunk) -> None:
         self.transfer.store(event.data)

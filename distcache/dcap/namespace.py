@@ -39,6 +39,7 @@ class Subject:
     gid: int
     access: Access = Access.FULL
     gids: tuple = ()
+    user: str = ""  # the account name of a client that logged in; "" for anonymous
 
     @property
     def superuser(self):

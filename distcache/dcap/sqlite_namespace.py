@@ -525,6 +525,8 @@ _NEEDS = {1: "search", 2: "write", 3: "write and search", 4: "read"}
 
 
 def _who(subject):
+    if subject.user:
+        return "client is user %s (uid %d gid %d)" % (subject.user, subject.uid, subject.gid)
     return "client is uid %d gid %d (anonymous)" % (subject.uid, subject.gid)
 
 
