@@ -6,7 +6,8 @@ server starts slower than it settles; CPython's rate is flat from the first requ
 For each runtime a fresh server (``dc_server``, then a fresh ``dc_server`` behind a
 fresh ``dc_client``) is started and one CPython load process keeps 32 pipelined GET
 requests in flight on one connection for ``--seconds``, counting the replies (each one
-compared with the expected bytes) in slices of ``--slice`` seconds.
+compared with the expected bytes) in slices of ``--slice`` seconds.  ``start s`` is the
+time from starting the processes to the first right reply (twistd's imports included).
 
     python3 bench/warmup_bench.py [--seconds S] [--slice S]
 
@@ -21,7 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,13 +58,16 @@ def rates(path: str, seconds: float, width: float) -> List[float]:
     return [c / width for c in counts]
 
 
-def curve(python: str, through_client: bool, seconds: float, width: float) -> List[float]:
+def curve(python: str, through_client: bool, seconds: float,
+          width: float) -> Tuple[float, List[float]]:
+    """(seconds from start to the first right reply, the rates) of a fresh server."""
     servers = Servers(python)
     try:
+        started = time.perf_counter()
         path = servers.dc_server()  # stores one session with one ADD and one GET
         if through_client:
             path = servers.dc_client(path)
-        return rates(path, seconds, width)
+        return time.perf_counter() - started, rates(path, seconds, width)
     finally:
         servers.stop()
 
@@ -85,11 +89,12 @@ def main(argv=None) -> None:
     header = " ".join(f"{(i + 1) * args.slice:>6g}" for i in range(slices))
     print(f"ops/s in each {args.slice:g} s slice after the first request "
           f"(32 in flight on one connection); columns end at the second shown")
-    print(f"{'runtime':<8} {'server':<10} {header}")
+    print(f"{'runtime':<8} {'server':<10} {'start s':>7} {header}")
     for name, python in runtimes.items():
         for label, through_client in (("dc_server", False), ("dc_client", True)):
-            row = curve(python, through_client, args.seconds, args.slice)
-            print(f"{name:<8} {label:<10} " + " ".join(f"{r / 1000:>5.1f}k" for r in row))
+            startup, row = curve(python, through_client, args.seconds, args.slice)
+            print(f"{name:<8} {label:<10} {startup:>7.2f} "
+                  + " ".join(f"{r / 1000:>5.1f}k" for r in row))
 
 
 if __name__ == "__main__":
