@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.application.internet import ClientService
-from twisted.logger import Logger, globalLogPublisher
+from twisted.application.service import Service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from distcache import address
@@ -17,7 +17,7 @@ from distcache.memcache_server import MemcacheFactory
 from distcache.metrics import ClientCollector, metrics_listener, registry_of
 from distcache.proxy import LocalFactory
 from distcache.server_tap import SocketOptions, checked, positive_int
-from distcache.upstream import ReportingEndpoint, ServerLink, UpstreamFactory
+from distcache.upstream import ServerLink
 
 DEFAULT_LISTEN = "UNIX:/tmp/scache"
 
@@ -34,15 +34,17 @@ class Options(SocketOptions):
 
     program = "dc_client"
     opt_version = opt_version
-    synopsis = "--server ADDR [--listen ADDR] [--retry MS] [--idle MS]"
+    synopsis = "--server ADDR [--server ADDR ...] [--listen ADDR] [--retry MS] [--idle MS]"
     longdesc = ("The distcache client proxy: local clients share one persistent connection "
-                "to dc_server.  ADDR is UNIX:/path, IP:host:port, IP:port, IPv6:[host]:port "
-                "or a Twisted endpoint string (unix:, tcp:, tcp6:, ssl:, tls:, systemd:).")
+                "to dc_server.  Several servers are tried in order, and the first that "
+                "answers is used.  ADDR is UNIX:/path, IP:host:port, IP:port, "
+                "IPv6:[host]:port or a Twisted endpoint string (unix:, tcp:, tcp6:, ssl:, "
+                "tls:, systemd:).")
 
     optParameters = [
         ["listen", None, DEFAULT_LISTEN, "Address local clients connect to."],
-        ["server", None, None, "Address of dc_server (required)."],
-        ["retry", None, "5000", "Milliseconds between attempts to reach the server."],
+        ["retry", None, "5000", "Milliseconds between rounds of attempts to reach a server, "
+                                "and between probes of an earlier server."],
         ["idle", None, "0", "Close local connections idle this many milliseconds (0: never)."],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
     ]
@@ -50,19 +52,28 @@ class Options(SocketOptions):
     def __init__(self):
         super().__init__()
         self["memcache-listen"] = []
+        self["servers"] = []
 
     def opt_memcache_listen(self, addr: str) -> None:
         """Address to answer the memcached text protocol on, relayed upstream (repeatable)."""
         self["memcache-listen"].append(checked(addr, "--memcache-listen"))
 
-    def opt_connect(self, addr: str) -> None:
+    def opt_server(self, addrs: str) -> None:
+        """Address of dc_server (required); repeated, or ADDR,ADDR,..., for servers to fail
+        over to, in order of preference."""
+        for addr in addrs.split(","):
+            if not addr.strip():
+                raise usage.UsageError(f"--server: empty address in {addrs!r}")
+            self["servers"].append(checked_address("server", addr.strip()))
+
+    def opt_connect(self, addrs: str) -> None:
         """Same as --server."""
-        self["server"] = addr
+        self.opt_server(addrs)
 
     def postOptions(self) -> None:
-        if not self["server"]:
+        if not self["servers"]:
             raise usage.UsageError("--server ADDR is required")
-        checked_address("server", self["server"])
+        self["server"] = self["servers"][0]
         checked_address("listen", self["listen"])
         self["retry"] = positive_int("retry", self["retry"])
         self["idle"] = positive_int("idle", self["idle"], minimum=0)
@@ -71,20 +82,20 @@ class Options(SocketOptions):
         self["ownership"] = self.ownership()
 
 
-def _without_retry_chatter(event) -> None:
-    """Pass the reconnecting service's events on, except its line per retry.
+class LinkService(Service):
+    """Starts the server link's attempts with the service and closes the link with it."""
 
-    The link logs outages itself: once when the server goes, a reminder every few
-    minutes, once when it is back.
-    """
-    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
-        globalLogPublisher(event)
+    def __init__(self, link: ServerLink, endpoints):
+        self.link = link
+        self.endpoints = endpoints
 
+    def startService(self) -> None:
+        super().startService()
+        self.link.start(self.endpoints)
 
-class QuietClientService(ClientService):
-    """``ClientService`` without a log line per connection attempt."""
-
-    _log = Logger(observer=_without_retry_chatter)
+    def stopService(self):
+        super().stopService()
+        return self.link.stop()
 
 
 class ClientProxyService(ConfiguredService):
@@ -95,12 +106,14 @@ class ClientProxyService(ConfiguredService):
     log = Logger()
     runtime = ("link", "relay")
 
-    def __init__(self, listen: str, server: str, retry_ms: int = 5000, idle_ms: int = 0,
+    def __init__(self, listen: str, server, retry_ms: int = 5000, idle_ms: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), reactor=None,
                  memcache_listen=(), metrics: Optional[str] = None):
+        """``server`` is one address or a sequence of them, in order of preference."""
         super().__init__(reactor)
         self.listen = listen
-        self.server = server
+        self.servers = [server] if isinstance(server, str) else list(server)
+        self.server = self.servers[0]
         self.retry_ms = retry_ms
         self.idle_ms = idle_ms
         self.ownership = ownership
@@ -113,10 +126,12 @@ class ClientProxyService(ConfiguredService):
         state = dict(state)  # settings added since a tap was written take their defaults
         state.setdefault("memcache_listen", [])
         state.setdefault("metrics", None)
+        state.setdefault("servers", [state.get("server")])
         super().__setstate__(state)
 
     def build(self, reactor) -> None:
-        self.link = ServerLink(clock=reactor, server=self.server)
+        self.link = ServerLink(clock=reactor, servers=self.servers,
+                               retry=self.retry_ms / 1000.0)
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
         Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
         self.relay = RelayStore(self.link)
@@ -127,21 +142,19 @@ class ClientProxyService(ConfiguredService):
             registry = registry_of(ClientCollector(self.link, self.relay, memcache))
             metrics_listener(self.metrics, registry, self.ownership,
                              reactor).setServiceParent(self)
-        retry = self.retry_ms / 1000.0
-        endpoint = ReportingEndpoint(
-            address.client_endpoint(reactor, address.parse(self.server)), self.link)
-        QuietClientService(endpoint, UpstreamFactory(self.link),
-                           retryPolicy=lambda attempt: retry,
-                           clock=reactor).setServiceParent(self)
+        endpoints = [address.client_endpoint(reactor, address.parse(server))
+                     for server in self.servers]
+        LinkService(self.link, endpoints).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
         self.log.info("dc_client started: {listen} -> {server}, retry every {retry} ms",
-                      listen=self.listen, server=self.server, retry=self.retry_ms)
+                      listen=self.listen, server=", then ".join(self.servers),
+                      retry=self.retry_ms)
 
 
 def makeService(options) -> ClientProxyService:
-    return ClientProxyService(options["listen"], options["server"], options["retry"],
+    return ClientProxyService(options["listen"], options["servers"], options["retry"],
                               options["idle"], options["ownership"],
                               memcache_listen=options["memcache-listen"],
                               metrics=options["metrics"])

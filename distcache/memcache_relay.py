@@ -155,7 +155,7 @@ def relay_stats(link, relay: RelayStore):
             ("distcache_upstream_up", int(link.connected)),
             ("distcache_requests_relayed", link.forwarded),
             ("distcache_offline_answers", link.answered_unreachable),
-            ("distcache_in_flight", len(link.in_flight)),
+            ("distcache_in_flight", link.outstanding),
             ("distcache_local_connections", len(link.locals)),
         ]
 

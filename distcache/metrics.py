@@ -123,7 +123,7 @@ class ClientCollector:
         yield _counter("distcache_client_reconnects",
                        "Server connections made after the first", max(0, link.connects - 1))
         yield _gauge("distcache_client_requests_in_flight",
-                     "Requests sent to the server and not yet answered", len(link.in_flight))
+                     "Requests sent to the server and not yet answered", link.outstanding)
         yield from _memcache_families("distcache_client", self.memcache)
 
 

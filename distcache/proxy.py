@@ -5,9 +5,11 @@ on the shared server connection; the reply is routed back by that uid, given the
 uid again and written in the local connection's own order.  Replies are batched per
 read on both sides, and no Deferred is made per message.
 
-While the server is unreachable each request is answered at once with an empty
-payload, as the C dc_client does; requests in flight when the server connection drops
-are answered with the single byte 0x02 (DISCONNECTED).  A local client that hangs up
+While no server is reachable each request is answered at once with an empty
+payload, as the C dc_client does; requests in flight when a server connection drops
+are answered with the single byte 0x02 (DISCONNECTED).  Which server is used, and when
+another takes over, is the link's business (:mod:`distcache.upstream`); replies are
+written in each local connection's own order whichever connection they came on.  A local client that hangs up
 with requests in flight costs nothing: their late replies are dropped.
 """
 
@@ -24,11 +26,11 @@ from zope.interface import implementer
 from distcache import wire
 from distcache.address import address_text
 from distcache.upstream import (PAUSE_BACKLOG, PAUSE_CLOSING, PAUSE_UPSTREAM, PAUSE_WRITE,
-                                UID_MASK, LinkState, Pending, ReportingEndpoint, ServerLink,
-                                UpstreamFactory, UpstreamProtocol, no_delay)
+                                UID_MASK, LinkState, Pending, ServerLink, UpstreamFactory,
+                                UpstreamProtocol, no_delay)
 
 __all__ = ["LocalProtocol", "LocalFactory", "ServerLink", "LinkState", "UpstreamFactory",
-           "UpstreamProtocol", "ReportingEndpoint", "Pending", "UID_MASK"]
+           "UpstreamProtocol", "Pending", "UID_MASK"]
 
 _EMPTY = b""
 

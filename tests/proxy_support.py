@@ -78,3 +78,61 @@ class Collector(protocol.Protocol):
 
 def collector_factory():
     return protocol.Factory.forProtocol(Collector)
+
+
+class MemoryServer:
+    """A server endpoint in memory: it refuses while ``up`` is false, otherwise each
+    attempt connects at once on a StringTransport; ``hold`` keeps attempts pending."""
+
+    def __init__(self, path: str, up: bool = True):
+        self.path = path
+        self.up = up
+        self.hold = False
+        self.attempts = 0
+        self.connections = []   # (protocol, transport), oldest first
+        self.pending = []       # (factory, Deferred) while held
+        self._decoders = {}
+
+    def connect(self, factory):
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.testing import StringTransport
+        from twisted.internet.address import UNIXAddress
+        self.attempts += 1
+        if self.hold:
+            d = defer.Deferred()
+            self.pending.append((factory, d))
+            return d
+        if not self.up:
+            return defer.fail(ConnectionRefusedError())
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=UNIXAddress(self.path.encode()))
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return defer.succeed(protocol)
+
+    @property
+    def protocol(self):
+        return self.connections[-1][0]
+
+    @property
+    def transport(self):
+        return self.connections[-1][1]
+
+    def requests(self, index: int = -1) -> List[wire.Message]:
+        """The requests received on a connection since the last call."""
+        protocol, transport = self.connections[index]
+        data = transport.value()
+        transport.clear()
+        decoder = self._decoders.setdefault(id(protocol), wire.Decoder(expect=False))
+        return decoder.feed(data)
+
+    def answer(self, requests, payload=b"\x00", index: int = -1) -> None:
+        protocol = self.connections[index][0]
+        protocol.dataReceived(b"".join(wire.encode_response(m.uid, m.op, payload)
+                                       for m in requests))
+
+    def drop(self, index: int = -1) -> None:
+        """The connection closes (the server went away)."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        self.connections[index][0].connectionLost(Failure(ConnectionDone()))

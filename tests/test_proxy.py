@@ -6,16 +6,15 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.logger import capturedLogs, formatEvent
 
 from distcache import wire
-from distcache.proxy import (LinkState, LocalFactory, LocalProtocol, ReportingEndpoint,
-                             ServerLink, UpstreamFactory, UID_MASK)
+from distcache.proxy import (LinkState, LocalFactory, LocalProtocol, ServerLink,
+                             UpstreamFactory, UID_MASK)
 
-from proxy_support import multiframe_add, requests_and_replies
+from proxy_support import MemoryServer, multiframe_add, requests_and_replies
 
 
 class Proxy:
@@ -378,38 +377,33 @@ def test_every_client_gets_its_own_replies_in_order(plans, chunk, order):
     assert not proxy.link.in_flight
 
 
-class Refusing:
-    """A server endpoint nobody listens on."""
-
-    def __init__(self):
-        self.error = ConnectionRefusedError()
-        self.factories = []
-
-    def connect(self, factory):
-        self.factories.append(factory)
-        return defer.fail(self.error)
-
-
 def link_lines(events):
     """The rendered dc_client link lines among captured log events."""
     return [formatEvent(e) for e in events
             if e.get("log_namespace", "").startswith("distcache.upstream")]
 
 
+def started(proxy, *servers):
+    proxy.link.retry = 5.0
+    proxy.link.start(servers)
+    return servers
+
+
 def test_an_outage_is_one_line_a_reminder_every_five_minutes_and_one_line_when_over():
     proxy = Proxy()
-    refusing = Refusing()
-    endpoint = ReportingEndpoint(refusing, proxy.link)
+    server = MemoryServer("/run/dc_server.sock")
     with capturedLogs() as events:
-        proxy.connect_upstream(UNIXAddress(b"/run/dc_server.sock"))
+        started(proxy, server)
         proto, transport = proxy.local()
         proto.dataReceived(wire.encode_request(1, wire.OP_GET, b"a"))
-        proxy.lose_upstream()
+        proxy.clock.advance(60)
+        server.up = False
+        server.drop()
         for _ in range(12 * 12):           # twelve minutes of attempts, one every 5 s
             proxy.clock.advance(5)
-            endpoint.connect(None).addErrback(lambda f: None)
             proto.dataReceived(wire.encode_request(2, wire.OP_HAVE, b"a"))
-        proxy.connect_upstream(UNIXAddress(b"/run/dc_server.sock"))
+        server.up = True
+        proxy.clock.advance(5)
     lines = link_lines(events)
     assert lines == [
         "connected to the server at UNIX:/run/dc_server.sock",
@@ -419,26 +413,29 @@ def test_an_outage_is_one_line_a_reminder_every_five_minutes_and_one_line_when_o
         "refused by other side.); 59 requests answered empty so far",
         "the server at UNIX:/run/dc_server is still unreachable after 10m00s (Connection was "
         "refused by other side.); 119 requests answered empty so far",
-        "the server at UNIX:/run/dc_server.sock is back after 12m00s; 144 requests were "
+        "the server at UNIX:/run/dc_server.sock is back after 12m05s; 144 requests were "
         "answered empty meanwhile",
     ]
+    # One attempt at once after the loss, then one per retry period.
+    assert server.attempts == 1 + 1 + 12 * 12 + 1
     assert proxy.link.state is LinkState.CONNECTED
 
 
-def test_a_server_never_reached_is_one_line_and_a_stopping_service_none():
+def test_a_server_never_reached_is_one_line_and_a_stop_none():
     proxy = Proxy()
-    refusing = Refusing()
-    endpoint = ReportingEndpoint(refusing, proxy.link)
+    server = MemoryServer("/run/dc_server.sock", up=False)
     with capturedLogs() as events:
+        started(proxy, server)
         for _ in range(50):
-            endpoint.connect(None).addErrback(lambda f: None)
             proxy.clock.advance(5)
-        refusing.error = defer.CancelledError()   # the service stopping: not an outage
-        endpoint.connect(None).addErrback(lambda f: None)
+        proxy.link.stop()
+        proxy.clock.advance(50)
     assert link_lines(events) == [
         "cannot reach the server at UNIX:/run/dc_server (Connection was refused by other "
         "side.); answering requests empty until it is back"]
-    assert proxy.link.state is LinkState.AWAY
+    assert server.attempts == 51
+    assert proxy.link.state is LinkState.STOPPED
+    assert not proxy.clock.getDelayedCalls()
 
 
 def test_a_malformed_reply_is_one_line_and_the_close_that_follows_none():
@@ -455,27 +452,41 @@ def test_a_malformed_reply_is_one_line_and_the_close_that_follows_none():
     assert proxy.link.state is LinkState.AWAY
 
 
-def test_the_reconnecting_service_says_nothing_per_attempt_or_connection():
-    from distcache.client_tap import QuietClientService
+def test_a_dropped_server_is_tried_again_once_its_connection_has_closed():
     proxy = Proxy()
-    refusing = Refusing()
-    service = QuietClientService(ReportingEndpoint(refusing, proxy.link),
-                                 UpstreamFactory(proxy.link), retryPolicy=lambda n: 5.0,
-                                 clock=proxy.clock)
+    server = MemoryServer("/run/dc_server.sock")
+    started(proxy, server)
+    proxy.clock.advance(60)
+    server.protocol.dataReceived(b"\xff" * 14)
+    assert server.transport.disconnecting and server.attempts == 1
+    server.drop()
+    assert server.attempts == 2 and proxy.link.state is LinkState.CONNECTED
+
+
+def test_the_service_says_nothing_per_attempt_or_connection(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.internet.error import ConnectionRefusedError
+    from distcache.client_tap import ClientProxyService
+    reactor = MemoryReactorClock()
+    service = ClientProxyService(f"UNIX:{tmp_path}/l", "IP:127.0.0.1:9", retry_ms=5000,
+                                 reactor=reactor)
     with capturedLogs() as events:
+        service.privilegedStartService()
         service.startService()
-        for _ in range(100):
-            proxy.clock.advance(5)
-        for factory in refusing.factories[:3]:   # what a connector does with its factory
-            factory.doStart()
-            factory.doStop()
+        for _ in range(61):
+            factory = reactor.tcpClients[-1][2]
+            factory.clientConnectionFailed(None, ConnectionRefusedError())
+            reactor.advance(5)
         service.stopService()
-    assert len(refusing.factories) == 101
-    # Only the link's own lines: the outage, and a reminder after five minutes.
-    assert [formatEvent(e) for e in events] == link_lines(events)
+    assert len(reactor.tcpClients) == 62
+    lines = [formatEvent(e) for e in events]
     assert [line.split(" (")[0] for line in link_lines(events)] == [
-        "cannot reach the server at UNIX:/run/dc_server",
-        "the server at UNIX:/run/dc_server is still unreachable after 5m00s"]
+        "cannot reach the server at IP:127.0.0.1:9",
+        "the server at IP:127.0.0.1:9 is still unreachable after 5m00s"]
+    # Besides the link's lines only the service's own start-up lines: none per attempt.
+    others = [line for line in lines if line not in link_lines(events)]
+    assert len(others) == 3 and all("127.0.0.1:9" not in line or "started" in line
+                                    for line in others), others
 
 
 def test_every_input_is_specified_in_every_state():

@@ -30,6 +30,55 @@ def test_connect_is_an_alias_of_server():
     assert parse("--connect", "UNIX:/run/dc")["server"] == "UNIX:/run/dc"
 
 
+def test_several_servers_repeated_or_comma_separated_in_order_of_preference():
+    for argv in (["--server", "UNIX:/run/a", "--server", "IP:10.0.0.2:9001",
+                  "--connect", "IP:10.0.0.3:9001"],
+                 ["--server", "UNIX:/run/a,IP:10.0.0.2:9001", "--server", "IP:10.0.0.3:9001"],
+                 ["--server", "UNIX:/run/a, IP:10.0.0.2:9001,IP:10.0.0.3:9001"]):
+        options = parse(*argv)
+        assert options["servers"] == ["UNIX:/run/a", "IP:10.0.0.2:9001", "IP:10.0.0.3:9001"]
+        assert options["server"] == "UNIX:/run/a"
+        service = client_tap.makeService(options)
+        assert service.servers == options["servers"]
+
+
+def test_c_form_takes_several_servers_either_way():
+    for argv in (["-server", "UNIX:/run/a", "-server", "IP:10.0.0.2:9001"],
+                 ["-server", "UNIX:/run/a,IP:10.0.0.2:9001"],
+                 ["-connect", "UNIX:/run/a", "-server", "IP:10.0.0.2:9001"]):
+        tail = plugin_tail(cflags.twistd_argv("dc_client", argv))
+        assert parse(*tail)["servers"] == ["UNIX:/run/a", "IP:10.0.0.2:9001"]
+
+
+def test_a_service_tries_the_next_server_at_once_and_the_first_again_after_the_period(
+        tmp_path):
+    from twisted.internet.error import ConnectionRefusedError
+    reactor = MemoryReactorClock()
+    service = client_tap.ClientProxyService(
+        f"UNIX:{tmp_path}/l", ["IP:127.0.0.1:9", "IP:127.0.0.1:10"], retry_ms=250,
+        reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    assert [c[:2] for c in reactor.tcpClients] == [("127.0.0.1", 9)]
+    reactor.tcpClients[0][2].clientConnectionFailed(None, ConnectionRefusedError())
+    assert [c[:2] for c in reactor.tcpClients] == [("127.0.0.1", 9), ("127.0.0.1", 10)]
+    reactor.tcpClients[1][2].clientConnectionFailed(None, ConnectionRefusedError())
+    reactor.advance(0.249)
+    assert len(reactor.tcpClients) == 2
+    reactor.advance(0.001)
+    assert reactor.tcpClients[2][:2] == ("127.0.0.1", 9)
+    service.stopService()
+
+
+def test_a_tap_written_with_one_server_still_loads(tmp_path):
+    service = client_tap.makeService(parse("--server", "UNIX:/nowhere"))
+    state = service.__getstate__()
+    del state["servers"]
+    copy = client_tap.ClientProxyService.__new__(client_tap.ClientProxyService)
+    copy.__setstate__(state)
+    assert copy.servers == ["UNIX:/nowhere"]
+
+
 def test_all_options():
     options = parse("--listen", "IP:127.0.0.1:9100", "--server", "tcp:host=cache:port=9001",
                     "--retry", "250", "--idle", "30000", "--sockperms", "0660")
@@ -46,6 +95,8 @@ def test_all_options():
     ["--server", "UNIX:/x", "--retry", "soon"],
     ["--server", "UNIX:/x", "--idle", "-1"],
     ["--server", "UNIX:/x", "--sockperms", "rw"],
+    ["--server", "UNIX:/x,"],
+    ["--server", "UNIX:/x,nonsense"],
 ])
 def test_bad_command_lines(argv):
     with pytest.raises(usage.UsageError):
