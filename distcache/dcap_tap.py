@@ -15,12 +15,14 @@ from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import Listener
+from distcache.metrics import DoorCollector, metrics_listener, registry_of
 from distcache.dcap.door import DoorFactory, host_port
 from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
 from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
 from distcache.dcap.stateroot import default_root
+from distcache.dcap.transferlog import TransferLog
 from distcache.dcap.auth import PasswordFile, PasswordFileError
 from distcache.dcap.tunnel import tls_options
 from distcache.mtls import CredentialsError
@@ -58,6 +60,10 @@ class Options(PolicyOptions):
         ["shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
          "Seconds a stopping door (SIGTERM) lets running transfers finish before it tells the "
          "clients still connected that it shuts down.", float],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR "
+                                "(any listening address form)."],
+        ["transfer-log", None, None, "Append one JSON line per finished transfer to FILE "
+                                     "(reopened when logrotate moves it)."],
     ]
     optFlags = [
         ["allow-truncate", None, "Let clients overwrite existing files (the client's -truncate)."],
@@ -82,6 +88,13 @@ class Options(PolicyOptions):
                 parse_version_range(self["client-version"])
             except ValueError:
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
+        if self["metrics"] is not None:
+            try:
+                address.parse(self["metrics"])
+            except address.AddressError as e:
+                raise usage.UsageError(f"--metrics: {e}")
+        if self["transfer-log"] is not None:
+            self["transfer-log"] = os.path.abspath(self["transfer-log"])
         if self["shutdown-grace"] < 0:
             raise usage.UsageError("--shutdown-grace must not be negative")
         self._check_tls()
@@ -136,8 +149,11 @@ class DoorService(ConfiguredService):
 
     runtime = ("pool", "factory", "workers")
 
-    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None):
+    def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
+                 metrics=None, transfer_log=None):
         super().__init__(reactor)
+        self.metrics = metrics
+        self.transfer_log = transfer_log
         self.listen = listen
         self.root = root
         self.config = config
@@ -146,6 +162,12 @@ class DoorService(ConfiguredService):
         self.pool = None
         self.factory = None
         self.workers = None
+
+    def __setstate__(self, state):
+        state = dict(state)  # settings added since a tap was written take their defaults
+        state.setdefault("metrics", None)
+        state.setdefault("transfer_log", None)
+        super().__setstate__(state)
 
     @property
     def port(self):
@@ -167,6 +189,8 @@ class DoorService(ConfiguredService):
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
                               workers=self.workers or INLINE)
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
+        if self.transfer_log is not None:
+            self.factory.transfer_log = TransferLog(self.transfer_log)
         return self.factory
 
     def build(self, reactor):
@@ -176,6 +200,9 @@ class DoorService(ConfiguredService):
                                           False, factory)
             factory.noisy = False
         Listener(self.listen, factory, reactor=reactor).setServiceParent(self)
+        if self.metrics is not None:
+            metrics_listener(self.metrics, registry_of(DoorCollector(self.factory)),
+                             reactor=reactor).setServiceParent(self)
 
     def startService(self):
         self._ensure_built()
@@ -195,6 +222,12 @@ class DoorService(ConfiguredService):
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        listeners = [child for child in self if isinstance(child, Listener)]
+        if self.metrics is not None and len(listeners) > 1:
+            log.info("DCAP door metrics at http://{address}/metrics",
+                     address=host_port(listeners[1].port.getHost()))
+        if self.transfer_log is not None:
+            log.info("DCAP door transfer log {path}", path=self.transfer_log)
         # The policy line comes last: it says start-up is complete.
         log.info("DCAP door policy: {summary}",
                  summary=policy_summary(self.policy, self.config.access,
@@ -219,6 +252,8 @@ class DoorService(ConfiguredService):
             stopping = workers.stopService() if workers is not None and workers.running else None
             if pool is not None:
                 pool.engine.close()  # the database worker has finished its queue
+            if factory is not None and factory.transfer_log is not None:
+                factory.transfer_log.close()
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
@@ -233,4 +268,5 @@ class DoorService(ConfiguredService):
 
 def makeService(options):
     return DoorService(options["listen"], options["root"], door_config(options),
-                       fsync=not options["no-fsync"], policy=options.get("policy"))
+                       fsync=not options["no-fsync"], policy=options.get("policy"),
+                       metrics=options["metrics"], transfer_log=options["transfer-log"])

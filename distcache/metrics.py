@@ -1,9 +1,10 @@
 """Prometheus metrics for the distcache tools, served over HTTP at ``/metrics``.
 
 The tools keep plain integer counters on their hot paths (:mod:`distcache.counting`,
-the proxy's link, the memcache factories); the collectors here read them when
-Prometheus scrapes, through ``prometheus_client``'s metric families and its Twisted
-resource, so nothing is formatted by hand and nothing is paid per request.
+the proxy's link, the memcache factories, the door's :mod:`distcache.dcap.accounting`);
+the collectors here read them when Prometheus scrapes, through ``prometheus_client``'s
+metric families and its Twisted resource, so nothing is formatted by hand and nothing
+is paid per request.
 Each service has its own registry, so several can run in one process.
 """
 
@@ -125,6 +126,55 @@ class ClientCollector:
         yield _gauge("distcache_client_requests_in_flight",
                      "Requests sent to the server and not yet answered", link.outstanding)
         yield from _memcache_families("distcache_client", self.memcache)
+
+
+class DoorCollector:
+    """The DCAP door's counters: opens, bytes, stage waits, open deadlines, checks."""
+
+    #: open modes and results shown even before the first of each (rates need a start)
+    MODES = ("r", "w", "rw")
+    RESULTS = ("ok", "failed", "timeout", "interrupted", "client_gone", "door_stopping")
+    PHASES = ("waiting", "reading", "writing")
+    CHECKS = ("cached", "not_cached", "error")
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def collect(self):
+        factory = self.factory
+        c = factory.counters
+        opens = CounterMetricFamily("dcap_door_opens", "Opens ended, by mode and result",
+                                    labels=["mode", "result"])
+        seen = {(m, r): 0 for m in self.MODES for r in self.RESULTS}
+        seen.update(c.opens)
+        for (mode, result), n in sorted(seen.items()):
+            opens.add_metric([mode, result], n)
+        yield opens
+        live = factory.open_sessions()
+        moving = [s.transfer for s in live if s.transfer is not None]
+        yield _counter("dcap_door_received_bytes", "Bytes written by clients (data connections)",
+                       c.bytes_in + sum(t.bytes_in for t in moving))
+        yield _counter("dcap_door_sent_bytes", "Bytes read by clients (data connections)",
+                       c.bytes_out + sum(t.bytes_out for t in moving))
+        yield _gauge("dcap_door_transfers_in_progress", "Opens not yet ended", len(live))
+        yield _counter("dcap_door_stage_waits", "Reads that waited for a stage from tape",
+                       c.stage_waits)
+        yield _gauge("dcap_door_stage_waiting", "Reads waiting for a stage from tape now",
+                     sum(1 for s in live if s.state() == "staging"))
+        expired = factory.policy.timeouts.expired
+        timeouts = CounterMetricFamily("dcap_door_open_timeouts",
+                                       "openTimeout deadlines passed, by the open's phase",
+                                       labels=["phase"])
+        for phase in self.PHASES:
+            timeouts.add_metric([phase], expired.get(phase, 0))
+        yield timeouts
+        checks = CounterMetricFamily("dcap_door_checks", "check requests, by answer",
+                                     labels=["result"])
+        for result in self.CHECKS:
+            checks.add_metric([result], c.checks.get(result, 0))
+        yield checks
+        yield _gauge("dcap_door_connections", "Open control connections",
+                     len(factory.connections))
 
 
 def registry_of(*collectors) -> CollectorRegistry:

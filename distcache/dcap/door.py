@@ -25,8 +25,9 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
-from distcache.dcap import control
+from distcache.dcap import accounting, control
 from distcache.dcap.auth import Account, PasswordFile
 from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
@@ -151,6 +152,10 @@ class DoorProtocol(LineOnlyReceiver):
         """A session is done: its id may be used again."""
         self.sessions.pop(session.sid, None)
         self.factory.session_ended()
+
+    def transfer_finished(self, session: Session, result: str, error=None):
+        """An open or opendir ended (result: one of accounting.RESULTS)."""
+        self.factory.transfer_finished(session, self.peer, result, error)
 
     # -- dispatch ----------------------------------------------------------
 
@@ -303,9 +308,20 @@ class DoorProtocol(LineOnlyReceiver):
                 raise DcapError(RC_NOT_CACHED, "File is not cached")
             self._ok(r)
 
+        def count(result):
+            if not isinstance(result, Failure):
+                outcome = accounting.CHECK_CACHED
+            elif result.check(DcapError) and result.value.rc == RC_NOT_CACHED:
+                outcome = accounting.CHECK_NOT_CACHED
+            else:
+                outcome = accounting.CHECK_ERROR
+            self.factory.counters.checked(outcome)
+            return result
+
         d = defer.maybeDeferred(self.factory.namespace.lookup, self.path(r), self.subject(r))
         d.addErrback(missing)
         d.addCallback(judge)
+        d.addBoth(count)
         return d
 
     def do_stage(self, r: Request):
@@ -337,6 +353,7 @@ class DoorProtocol(LineOnlyReceiver):
         pool = self.factory.pool
         tid = self.factory.new_transfer_id()
         session = self._session(r, "open", path, tid=tid)
+        session.started = self.factory.reactor.seconds()
         log.info("transfer {tid}: open {mode} {path} {options} (session {sid} from {peer})",
                  tid=tid, mode=mode, path=path, peer=self.peer, sid=r.sid,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
@@ -375,12 +392,14 @@ class DoorProtocol(LineOnlyReceiver):
             self._read(session, entry, passive)
             return
         wait = pool.stage(entry)
+        self.factory.counters.stage_waits += 1
         session.stage(wait)
         wait.addCallback(lambda fresh: self._read(session, fresh, passive))
         wait.addErrback(session.error)
 
     def _read(self, session: Session, entry, passive: bool):
         source = self.factory.pool.open_read(entry)
+        session.entry = entry
         session.ready(self._transfer(session, source=source, size=entry.size,
                                      label="r %s" % (entry.path,)), passive)
 
@@ -532,6 +551,9 @@ class DoorFactory(Factory):
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False
         self._transfer_ids = itertools.count(1)
+        #: What the metrics read; and the transfer log (a TransferLog) or None.
+        self.counters = accounting.DoorCounters()
+        self.transfer_log = None
         self._grace = None
         self._cut = None
         self._closed: Optional[defer.Deferred] = None
@@ -539,6 +561,20 @@ class DoorFactory(Factory):
     def new_transfer_id(self) -> int:
         """A number naming one transfer in every log line about it."""
         return next(self._transfer_ids)
+
+    def transfer_finished(self, session: Session, client: str, result: str, error=None):
+        """Count an ended open and write its record to the transfer log."""
+        if session.command != "open":
+            return
+        record = accounting.transfer_record(session, client, result, error,
+                                            self.reactor.seconds())
+        self.counters.finished(record)
+        if self.transfer_log is not None:
+            self.transfer_log.write(record)
+
+    def open_sessions(self):
+        """The opens going on now, on every control connection (for the metrics)."""
+        return [s for c in self.connections for s in c.sessions.values() if s.command == "open"]
 
     def check_password(self, user: str, password: str):
         """The Account of user if password is right, else None (a Deferred off the reactor)."""

@@ -21,6 +21,7 @@ Time comes from an injected IReactorTime, so all of this runs on
 """
 
 import enum
+from collections import Counter
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -72,6 +73,7 @@ class OpenWatch:
     def _expire(self):
         phase = self.phase
         self.finished()
+        self._owner.expired[phase.value] += 1
         if phase is Phase.WAITING:
             log.info(
                 "transfer {session}: open deadline passed while waiting",
@@ -101,6 +103,8 @@ class OpenTimeouts:
         self.keep_alive = keep_alive or None
         self._watches = set()
         self._loop = None
+        #: phase name -> deadlines that passed in it (for the metrics)
+        self.expired = Counter()
 
     def watch(self, session, timeout, on_expired_waiting, on_expired_reading):
         """

@@ -67,6 +67,8 @@ class Upload:
         self.file = file
         self.done = False
         self.committing = False
+        #: The Entry the commit published (None until then).
+        self.entry = None
 
     @property
     def path(self):
@@ -129,6 +131,7 @@ class Upload:
 
     def _published(self, pair):
         new, old = pair
+        self.entry = new
         self.done = True
         self.committing = False
 

@@ -16,10 +16,11 @@ States::
     transferring    the data connection is up
     done            answered; later inputs are dropped (their leftovers closed)
 
-The session's control connection (`door`) provides three things: ``send``
-(a reply line), ``session_ended`` (forget the session id) and
+The session's control connection (`door`) provides four things: ``send``
+(a reply line), ``session_ended`` (forget the session id),
 ``start_mover`` (listen or connect back; a Deferred that the session may
-cancel).
+cancel) and ``transfer_finished`` (how an open ended, for the door's
+counters and transfer log; told by the output that logs the outcome).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from distcache.dcap import control
+from distcache.dcap import accounting, control
 from distcache.dcap.errors import RC_INTERNAL, RC_TIMEOUT, DcapError
 from distcache.dcap.opentimeout import TIMEOUT_MESSAGE
 
@@ -114,6 +115,11 @@ class Session:
     def transfer_ended(self, error) -> None:
         """The Transfer's outcome callback (None on success)."""
         self.mover_finished(error)
+
+    def _ended(self, result: str, error=None) -> None:
+        """How an open or opendir ended, for the door's counters and transfer log."""
+        if self.tid is not None:
+            self.door.transfer_finished(self, result, error)
 
     @_machine.serializer()
     def state(self, state):
@@ -288,25 +294,30 @@ class Session:
         else:
             log.info("transfer {tid} ended: error {rc} {message}{moved}", tid=self.tid,
                      rc=error.rc, message=error.message, moved=moved)
+        self._ended(accounting.OK if error is None else accounting.FAILED, error)
 
     @_machine.output()
     def _log_failed(self, error):
         log.info("{name} ended: {command} failed: {rc} {message}", name=self.name,
                  command=self.command, rc=error.rc, message=error.message)
+        self._ended(accounting.FAILED, error)
 
     @_machine.output()
     def _log_timeout(self):
         log.info("{name} ended: open deadline passed while waiting (failed {rc} {message})",
                  name=self.name, rc=RC_TIMEOUT, message=TIMEOUT_MESSAGE)
+        self._ended(accounting.TIMEOUT, DcapError(RC_TIMEOUT, TIMEOUT_MESSAGE))
 
     @_machine.output()
     def _log_interrupted(self):
         log.info("{name} ended: {why}", name=self.name, why=READ_INTERRUPTED)
+        self._ended(accounting.INTERRUPTED)
 
     @_machine.output()
     def _log_lost(self, reason):
         if self.tid is not None:
             log.info("transfer {tid} ended: {why}", tid=self.tid, why=reason)
+        self._ended(accounting.DOOR_STOPPING if reason == DOOR_STOPPING else accounting.CLIENT_GONE)
 
     @_machine.output()
     def _forget(self):

@@ -35,18 +35,22 @@ TABLE = {
 
 
 class Door:
-    """The three things a session asks of its control connection, recorded."""
+    """The four things a session asks of its control connection, recorded."""
 
     def __init__(self):
         self.lines = []
         self.ended = []
         self.starts = []
+        self.outcomes = []
 
     def send(self, line):
         self.lines.append(line.decode("ascii").rstrip("\n"))
 
     def session_ended(self, session):
         self.ended.append(session)
+
+    def transfer_finished(self, session, result, error=None):
+        self.outcomes.append((result, None if error is None else error.rc))
 
     def start_mover(self, session, passive):
         d = defer.Deferred()
@@ -133,15 +137,17 @@ def test_every_input_in_every_state(state, index, name):
     walk.fire(name)
     assert walk.session.state() == TABLE[state][index]
     if walk.session.state() == "done":
-        check_ended(walk)
+        # a store's late answer ends a request that never was a transfer
+        check_ended(walk, outcomes=0 if (state, name) == ("resolving", "answered") else 1)
     else:
         assert walk.door.ended == []
         assert len(walk.timeouts) == 1
 
 
-def check_ended(walk):
+def check_ended(walk, outcomes=1):
     s = walk.session
     assert walk.door.ended == [s]                     # forgotten exactly once
+    assert len(walk.door.outcomes) == outcomes        # its outcome told exactly once
     assert len(walk.door.lines) <= 1 + sum(1 for p in walk.ports)  # one answer (and a connect)
     assert len(walk.timeouts) == 0                    # the openTimeout watch is finished
     assert all(w.called for w in walk.waits)          # stage waits cancelled
@@ -189,3 +195,32 @@ def test_opendir_sessions_do_not_answer_their_outcome():
     walk.fire("mover_finished")
     assert walk.door.lines == []
     assert walk.session.state() == "done"
+
+
+def test_outcomes_by_way_of_ending():
+    cases = {
+        ("ready", "mover_finished"): ("ok", None),
+        ("ready", "listening", "mover_connected", "failed"): ("failed", 5),
+        ("stage", "deadline_waiting"): ("timeout", 112),
+        ("ready", "listening", "mover_connected", "deadline_reading"): ("interrupted", None),
+        ("ready", "control_lost"): ("client_gone", None),
+    }
+    for steps, expected in cases.items():
+        walk = Walk()
+        for step in steps:
+            walk.fire(step)
+        assert walk.door.outcomes == [expected], steps
+
+
+def test_a_door_stopping_is_its_own_outcome():
+    walk = Walk()
+    walk.fire("ready")
+    walk.session.control_lost("door stopping")
+    assert walk.door.outcomes == [("door_stopping", None)]
+
+
+def test_requests_without_a_transfer_id_tell_no_outcome():
+    door = Door()
+    session = Session(door, 4, 0, "stat", "/f")
+    session.failed(TransferError(5, "it broke"))
+    assert session.state() == "done" and door.outcomes == []
