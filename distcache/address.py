@@ -102,12 +102,16 @@ def _unix_path(args: str, whole: str) -> str:
 BACKLOG = 4096
 
 
+# A unix socket is bound owner-only; --sockperms, --sockgroup or --sockowner open it.
+OWNER_ONLY = 0o600
+
+
 def server_description(addr: Address) -> str:
     """A Twisted server endpoint string for listening on ``addr``."""
     if addr.kind == "unix":
         if addr.text.startswith("unix:"):
             return addr.text
-        return f"unix:{_escape(addr.path)}:backlog={BACKLOG}"
+        return f"unix:{_escape(addr.path)}:backlog={BACKLOG}:mode={OWNER_ONLY:o}"
     if addr.kind == "tcp":
         iface = f":interface={_escape(addr.host)}" if addr.host else ""
         return f"tcp:{addr.port}{iface}:backlog={BACKLOG}"

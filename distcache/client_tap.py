@@ -11,7 +11,7 @@ from twisted.python import usage
 from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
-from distcache.listening import Listener, SocketOwnership
+from distcache.listening import ConnectionLimits, Listener, SocketOwnership
 from distcache.memcache_relay import RelayStore, relay_stats
 from distcache.memcache_server import MemcacheFactory
 from distcache.metrics import ClientCollector, metrics_listener, registry_of
@@ -34,6 +34,7 @@ class Options(SocketOptions):
 
     program = "dc_client"
     opt_version = opt_version
+    default_limits = ConnectionLimits(total=4096, per_peer=4096)
     synopsis = "--server ADDR [--server ADDR ...] [--listen ADDR] [--retry MS] [--idle MS]"
     longdesc = ("The distcache client proxy: local clients share one persistent connection "
                 "to dc_server.  Several servers are tried in order, and the first that "
@@ -80,6 +81,7 @@ class Options(SocketOptions):
         if self["metrics"] is not None:
             checked_address("metrics", self["metrics"])
         self["ownership"] = self.ownership()
+        self["limits"] = self.limits()
 
 
 class LinkService(Service):
@@ -108,7 +110,8 @@ class ClientProxyService(ConfiguredService):
 
     def __init__(self, listen: str, server, retry_ms: int = 5000, idle_ms: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), reactor=None,
-                 memcache_listen=(), metrics: Optional[str] = None):
+                 memcache_listen=(), metrics: Optional[str] = None,
+                 limits: ConnectionLimits = Options.default_limits):
         """``server`` is one address or a sequence of them, in order of preference."""
         super().__init__(reactor)
         self.listen = listen
@@ -119,6 +122,7 @@ class ClientProxyService(ConfiguredService):
         self.ownership = ownership
         self.memcache_listen = list(memcache_listen)
         self.metrics = metrics
+        self.limits = limits
         self.link: Optional[ServerLink] = None
         self.relay: Optional[RelayStore] = None
 
@@ -127,17 +131,20 @@ class ClientProxyService(ConfiguredService):
         state.setdefault("memcache_listen", [])
         state.setdefault("metrics", None)
         state.setdefault("servers", [state.get("server")])
+        state.setdefault("limits", Options.default_limits)
         super().__setstate__(state)
 
     def build(self, reactor) -> None:
         self.link = ServerLink(clock=reactor, servers=self.servers,
                                retry=self.retry_ms / 1000.0)
         local = LocalFactory(self.link, clock=reactor, idle=self.idle_ms / 1000.0)
-        Listener(self.listen, local, self.ownership, reactor).setServiceParent(self)
+        Listener(self.listen, local, self.ownership, reactor,
+                 self.limits).setServiceParent(self)
         self.relay = RelayStore(self.link)
         memcache = MemcacheFactory(self.relay, reactor, relay_stats(self.link, self.relay))
         for addr in self.memcache_listen:
-            Listener(addr, memcache, self.ownership, reactor).setServiceParent(self)
+            Listener(addr, memcache, self.ownership, reactor,
+                     self.limits).setServiceParent(self)
         if self.metrics is not None:
             registry = registry_of(ClientCollector(self.link, self.relay, memcache))
             metrics_listener(self.metrics, registry, self.ownership,
@@ -157,4 +164,4 @@ def makeService(options) -> ClientProxyService:
     return ClientProxyService(options["listen"], options["servers"], options["retry"],
                               options["idle"], options["ownership"],
                               memcache_listen=options["memcache-listen"],
-                              metrics=options["metrics"])
+                              metrics=options["metrics"], limits=options["limits"])

@@ -179,15 +179,19 @@ class DoorService(ConfiguredService):
 
     def make_factory(self, reactor):
         from distcache.dcap import hsm
-        from distcache.dcap.pool import open_pool
+        from distcache.dcap.pool import DEFAULT_POOL_NAME, open_pool
         from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
         # Not a child service: the threads must outlive the listeners and the sessions'
         # grace, so stopService stops them itself, after the sessions are gone.  A
         # reactor without threads (a test's memory reactor) gets storage work inline.
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
+        from distcache.dcap import space
+        settings = (self.policy.space_for(DEFAULT_POOL_NAME) if self.policy is not None
+                    else space.SpaceSettings())
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers or INLINE)
+                              workers=self.workers or INLINE, clock=reactor, space=settings)
+        space.save_settings(root, settings)  # what dcap-admin space compares use against
         self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
         if self.transfer_log is not None:
             self.factory.transfer_log = TransferLog(self.transfer_log)
@@ -210,6 +214,7 @@ class DoorService(ConfiguredService):
             self.workers.startService()
         super().startService()
         self.factory.policy.start()
+        self.pool.start_management()
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
@@ -222,6 +227,9 @@ class DoorService(ConfiguredService):
         warning = port_warning(getattr(host, "port", None))
         if warning:
             log.warn("{warning}", warning=warning)
+        if self.pool.space.manages_space or self.pool.flusher.active:
+            log.info("DCAP pool {name}: {space}", name=self.pool.name,
+                     space=self.pool.space.describe())
         listeners = [child for child in self if isinstance(child, Listener)]
         if self.metrics is not None and len(listeners) > 1:
             log.info("DCAP door metrics at http://{address}/metrics",
@@ -245,6 +253,9 @@ class DoorService(ConfiguredService):
         d = super().stopService()
         if factory is not None:
             d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
+
+        if pool is not None:
+            pool.stop_management()
 
         def closed(_):
             if factory is not None:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from distcache import wire
 from distcache.address import address_text
+from distcache.ratelimit import RateLimitedLogs
 from distcache.upstream import (PAUSE_BACKLOG, PAUSE_CLOSING, PAUSE_UPSTREAM, PAUSE_WRITE,
                                 UID_MASK, LinkState, Pending, ServerLink, UpstreamFactory,
                                 UpstreamProtocol, no_delay)
@@ -85,8 +86,9 @@ class LocalProtocol(Protocol):
         if factory.idle:
             self._last = factory.clock.seconds()
         if error is not None:
-            self.log.warn("closing local connection from {peer}: {error}",
-                          peer=address_text(self.transport.getPeer()), error=str(error))
+            factory.warnings["malformed local connections"].warn(
+                "closing local connection from {peer}: {error}",
+                peer=address_text(self.transport.getPeer()), error=str(error))
             self.pause(PAUSE_CLOSING)
         if not self._held and len(self.waiting) + len(messages) < self.max_outstanding:
             if messages:
@@ -196,3 +198,4 @@ class LocalFactory(Factory):
         self.link = link
         self.clock = clock
         self.idle = idle
+        self.warnings = RateLimitedLogs(LocalProtocol.log, clock)

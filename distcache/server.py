@@ -5,13 +5,14 @@ are written at once, batched per read; when the store answers with a Deferred, l
 answers wait behind it so the order is kept.  A malformed request closes the connection
 once everything before it is answered; a store failure closes it at once, after the
 answers that were ready before the failed one.  A connection whose peer stops reading is
-paused (it is its own transport's producer), so memory stays bounded.
+paused (it is its own transport's producer): it reads no more, and answers no more of
+what it has read beyond one batch, so memory stays bounded.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Deque, List, Optional, Set
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -23,6 +24,7 @@ from zope.interface import implementer
 
 from distcache import wire
 from distcache.address import address_text
+from distcache.ratelimit import RateLimitedLogs
 
 _NOTOK = b"\x01"
 _OK = b"\x00"
@@ -70,6 +72,9 @@ class ActivityReport:
 # connection closes.  CLOSED: closing or gone; nothing more is read or written.
 OPEN, DRAINING, CLOSED = "open", "draining", "closed"
 _PENDING = object()  # an answer the store has not given yet
+# Replies are handed to the transport at least every this many requests, so that a
+# paused transport stops the answering within one batch (at most 64 large sessions).
+_BATCH_MASK = 63
 
 
 @implementer(IPushProducer)
@@ -85,43 +90,85 @@ class CacheServerProtocol(Protocol):
         self._queue: Deque[list] = deque()
         self.state = OPEN
         self._fault: Optional[str] = None
+        # Requests decoded but not yet answered because the peer is not reading its
+        # replies (the transport paused us): answered when it resumes us, in order.
+        self._paused = False
+        self._held: List[wire.Message] = []
+        self._held_error: Optional[wire.ProtocolError] = None
+        # Set by every read; the factory's idle sweep clears it and counts quiet sweeps.
+        self.active = True
+        self.quiet = 0
 
     def connectionMade(self) -> None:
-        self.factory.connections += 1
+        factory = self.factory
+        factory.connections += 1
+        factory.open.add(self)
         self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason) -> None:
         self.factory.connections -= 1
+        self.factory.open.discard(self)
         self.state = CLOSED
         self._queue.clear()
+        self._held = []
 
-    # IPushProducer: the transport pauses us when its send buffer fills.
+    # IPushProducer: the transport pauses us when its send buffer fills.  Then neither
+    # is more read nor, past the next few replies, more answered: a peer that pipelines
+    # requests for large sessions and never reads costs a bounded amount of memory.
     def pauseProducing(self) -> None:
+        self._paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self._paused = False
+        if self._held and self.state is OPEN:
+            held, self._held = self._held, []
+            error, self._held_error = self._held_error, None
+            self._answer_all(held, error)
+        if not self._paused and not self._held:
+            self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
 
     def dataReceived(self, data: bytes) -> None:
+        self.active = True
         if self.state is not OPEN:
             return
         messages, error = self._decoder.receive(data)
+        if self._held:  # still answering an earlier read: these wait behind it
+            self._held += messages
+            if error is not None:
+                self._held_error = error
+            return
+        self._answer_all(messages, error)
+
+    def _answer_all(self, messages: List[wire.Message], error) -> None:
+        """Answer ``messages`` in order; hold the rest when the transport pauses us."""
         out: List[bytes] = []
         failure = None
+        answer = self._answer
+        done = 0
         try:
             for message in messages:
-                failure = self._answer(message, out)
+                failure = answer(message, out)
+                done += 1
                 if failure is not None:
                     break
+                if not done & _BATCH_MASK and out:
+                    # hand a batch over; the transport pauses us once its buffer is full
+                    self.transport.write(b"".join(out))
+                    out = []
+                    if self._paused and done < len(messages):
+                        self._held = messages[done:]
+                        self._held_error, error = error, None
+                        break
         except wire.ProtocolError as e:
             error = e
         if out:
             self.transport.write(b"".join(out))
         factory = self.factory
-        factory.activity.operations += len(messages)
+        factory.activity.operations += done
         factory.activity.counted()
         if failure is not None:
             self._store_failed(failure)
@@ -192,15 +239,27 @@ class CacheServerProtocol(Protocol):
         elif not queue and self.state is DRAINING:
             self._close(self._fault)
 
+    @property
+    def busy(self) -> bool:
+        """Requests still being answered: not idle, however long the peer is quiet."""
+        return bool(self._held or self._queue or self._paused)
+
+    def close_idle(self) -> None:
+        """The idle sweep found nothing read for the idle timeout: hang up."""
+        self.factory.idle_closed += 1
+        self.state = CLOSED
+        self.transport.loseConnection()
+
     def _store_failed(self, failure: Failure) -> None:
         self.log.failure("session store failed", failure)
-        self._close("session store failure")
+        self._close("session store failure", "connections closed on a store failure")
 
-    def _close(self, why: str) -> None:
-        self.log.warn("closing connection from {peer}: {why}",
-                      peer=address_text(self.transport.getPeer()), why=why)
+    def _close(self, why: str, kind: str = "malformed connections") -> None:
+        self.factory.warnings[kind].warn("closing connection from {peer}: {why}",
+                                         peer=address_text(self.transport.getPeer()), why=why)
         self.state = CLOSED
         self._queue.clear()
+        self._held = []
         self.transport.loseConnection()
 
 
@@ -220,24 +279,62 @@ class CacheServerFactory(Factory):
 
     protocol = CacheServerProtocol
     noisy = False
+    log = Logger()
 
-    def __init__(self, store, progress: int = 0, clock=None):
+    def __init__(self, store, progress: int = 0, clock=None, idle_timeout: float = 0):
         self.store = store
         self.connections = 0
+        self.open: Set[CacheServerProtocol] = set()
         self.protocol_errors = 0
+        self.idle_closed = 0
         self.activity = ActivityReport(store, progress)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.warnings = RateLimitedLogs(CacheServerProtocol.log, clock)
+        self.idle_timeout = idle_timeout
         self._clock = clock
         self._ticker: Optional[LoopingCall] = None
+        self._sweeper: Optional[LoopingCall] = None
+
+    def _looping(self, call, interval: float) -> LoopingCall:
+        loop = LoopingCall(call)
+        if self._clock is not None:
+            loop.clock = self._clock
+        loop.start(interval, now=False)
+        return loop
 
     def startFactory(self) -> None:
         if self._ticker is None:
-            self._ticker = LoopingCall(self.activity.tick)
-            if self._clock is not None:
-                self._ticker.clock = self._clock
-            self._ticker.start(1.0, now=False)
+            self._ticker = self._looping(self.activity.tick, 1.0)
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = self._looping(self.sweep_idle, self.idle_timeout / 2)
+
+    def sweep_idle(self) -> None:
+        """Every half idle-timeout: close what nothing was read from for two sweeps running.
+
+        A flag per read rather than a timer per connection keeps reads cheap; a
+        connection is closed after between one and one and a half idle-timeouts.
+        """
+        idle = []
+        for protocol in self.open:
+            if protocol.active or protocol.busy:
+                protocol.active = False
+                protocol.quiet = 0
+            else:
+                protocol.quiet += 1
+                if protocol.quiet >= 2:
+                    idle.append(protocol)
+        for protocol in idle:
+            protocol.close_idle()
+        if idle:
+            self.log.info("closed {n} connections idle for {seconds:g} s or more (--idle-timeout)",
+                          n=len(idle), seconds=self.idle_timeout)
 
     def stopFactory(self) -> None:
         self.activity.tick()  # the last changes before shutdown are reported too
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
-        self._ticker = None
+        self.warnings.stop()
+        for name in ("_ticker", "_sweeper"):
+            loop = getattr(self, name)
+            if loop is not None and loop.running:
+                loop.stop()
+            setattr(self, name, None)

@@ -13,8 +13,8 @@ from distcache import address, store_redis
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.counting import CountingStore, StoreCounters
-from distcache.listening import (Listener, SocketOwnership, check_group, check_owner,
-                                 parse_perms)
+from distcache.listening import (ConnectionLimits, Listener, SocketOwnership, check_group,
+                                 check_owner, parse_limit, parse_perms)
 from distcache.memcache_server import MemcacheFactory, store_stats
 from distcache.metrics import ServerCollector, metrics_listener, registry_of
 from distcache.server import CacheServerFactory
@@ -41,19 +41,45 @@ def checked(addr: str, flag: str = "--listen") -> str:
 
 
 class SocketOptions(usage.Options):
-    """The unix-socket flags shared by every listening tool."""
+    """The unix-socket and connection-limit flags shared by every listening tool."""
+
+    #: the tool's limits when no option changes them
+    default_limits = ConnectionLimits(total=16384, per_peer=4096)
 
     optParameters = [
         ["sockowner", None, None, "Owner (user name or uid) of a unix listening socket."],
-        ["sockgroup", None, None, "Group (name or gid) of a unix listening socket."],
-        ["sockperms", None, None, "Permissions (octal, e.g. 0660) of a unix listening socket."],
+        ["sockgroup", None, None, "Group (name or gid) of a unix listening socket; "
+         "without --sockperms the socket is then 0660."],
+        ["sockperms", None, None, "Permissions (octal, e.g. 0660) of a unix listening socket "
+         "(default 0600: the owner only)."],
+        ["max-connections", None, None, "The most connections each listener holds at once "
+         "(0: no limit)."],
+        ["max-connections-per-peer", None, None, "The most connections each listener holds "
+         "from one IP address (0: no limit)."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        # the defaults differ per tool: --help shows this tool's own
+        for name, value in (("max-connections", self.default_limits.total),
+                            ("max-connections-per-peer", self.default_limits.per_peer)):
+            self[name] = self.defaults[name] = str(value)
+
+    def limits(self) -> ConnectionLimits:
+        """The connection limits the options give, the tool's defaults where unset."""
+        return ConnectionLimits(parse_limit("max-connections", self["max-connections"]),
+                                parse_limit("max-connections-per-peer",
+                                            self["max-connections-per-peer"]))
 
     def ownership(self) -> SocketOwnership:
         check_owner(self["sockowner"])
         check_group(self["sockgroup"])
         perms = parse_perms(self["sockperms"]) if self["sockperms"] is not None else None
         return SocketOwnership(self["sockowner"], self["sockgroup"], perms)
+
+
+#: seconds a connection may stay quiet; dc_client reconnects at once when it is closed
+DEFAULT_IDLE_TIMEOUT = 3600
 
 
 class Options(SocketOptions):
@@ -72,6 +98,8 @@ class Options(SocketOptions):
     optParameters = [
         ["sessions", None, "512", "The most sessions the cache holds."],
         ["progress", None, "0", "Also log the activity line every N operations."],
+        ["idle-timeout", None, str(DEFAULT_IDLE_TIMEOUT), "Close connections nothing was read "
+         "from for this many seconds (0: never)."],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP at /metrics on ADDR."],
         ["store", None, "local", "Where sessions live: 'local' (this process), or shared in "
          "redis://[:PASSWORD@]HOST:PORT[/DB], rediss://... (TLS) or "
@@ -96,9 +124,11 @@ class Options(SocketOptions):
             raise usage.UsageError("--listen ADDR is required")
         self["sessions"] = positive_int("sessions", self["sessions"])
         self["progress"] = positive_int("progress", self["progress"], minimum=0)
+        self["idle-timeout"] = positive_int("idle-timeout", self["idle-timeout"], minimum=0)
         if self["metrics"] is not None:
             checked(self["metrics"], "--metrics")
         self["ownership"] = self.ownership()
+        self["limits"] = self.limits()
         if self["store"] != "local":
             try:
                 store_redis.check(self["store"], self["sessions"])
@@ -117,7 +147,9 @@ class CacheServerService(ConfiguredService):
     def __init__(self, listen: List[str], sessions: int = 512, progress: int = 0,
                  ownership: SocketOwnership = SocketOwnership(), killable: bool = False,
                  reactor=None, memcache_listen: List[str] = (), memcache_flush_all: bool = False,
-                 metrics: Optional[str] = None, store: str = "local"):
+                 metrics: Optional[str] = None, store: str = "local",
+                 limits: ConnectionLimits = Options.default_limits,
+                 idle_timeout: int = DEFAULT_IDLE_TIMEOUT):
         super().__init__(reactor)
         self.listen = list(listen)
         self.sessions = sessions
@@ -128,6 +160,8 @@ class CacheServerService(ConfiguredService):
         self.memcache_flush_all = memcache_flush_all
         self.metrics = metrics
         self.store = store
+        self.limits = limits
+        self.idle_timeout = idle_timeout
         self.factory: Optional[CacheServerFactory] = None
         self.memcache: Optional[MemcacheFactory] = None
         self.session_store = None
@@ -138,6 +172,8 @@ class CacheServerService(ConfiguredService):
         state.setdefault("memcache_flush_all", False)
         state.setdefault("metrics", None)
         state.setdefault("store", "local")
+        state.setdefault("limits", Options.default_limits)
+        state.setdefault("idle_timeout", DEFAULT_IDLE_TIMEOUT)
         super().__setstate__(state)
 
     def build(self, reactor) -> None:
@@ -148,16 +184,19 @@ class CacheServerService(ConfiguredService):
         self.session_store = engine
         counters = StoreCounters()
         store = CountingStore(engine, counters)
-        self.factory = CacheServerFactory(store, self.progress, clock=reactor)
+        self.factory = CacheServerFactory(store, self.progress, clock=reactor,
+                                          idle_timeout=self.idle_timeout)
         self.factory.counters = counters
         for addr in self.listen:
-            Listener(addr, self.factory, self.ownership, reactor).setServiceParent(self)
+            Listener(addr, self.factory, self.ownership, reactor,
+                     self.limits).setServiceParent(self)
         factory = self.factory
         self.memcache = MemcacheFactory(
             store, reactor, store_stats(store.store, counters, lambda: factory.connections),
             allow_flush=self.memcache_flush_all)
         for addr in self.memcache_listen:
-            Listener(addr, self.memcache, self.ownership, reactor).setServiceParent(self)
+            Listener(addr, self.memcache, self.ownership, reactor,
+                     self.limits).setServiceParent(self)
         if self.metrics is not None:
             registry = registry_of(ServerCollector(factory, store.store, counters, self.memcache))
             metrics_listener(self.metrics, registry, self.ownership,
@@ -194,4 +233,5 @@ def makeService(options) -> CacheServerService:
                               options["ownership"], options["killable"],
                               memcache_listen=options["memcache-listen"],
                               memcache_flush_all=bool(options["memcache-flush-all"]),
-                              metrics=options["metrics"], store=options["store"])
+                              metrics=options["metrics"], store=options["store"],
+                              limits=options["limits"], idle_timeout=options["idle-timeout"])

@@ -11,7 +11,7 @@ from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.client_tap import checked_address
-from distcache.listening import Listener, SocketOwnership
+from distcache.listening import ConnectionLimits, Listener, SocketOwnership
 from distcache.server_tap import SocketOptions
 from distcache.snoop import SnoopFactory
 
@@ -20,6 +20,7 @@ class Options(SocketOptions):
 
     program = "dc_snoop"
     opt_version = opt_version
+    default_limits = ConnectionLimits(total=1024, per_peer=1024)
     synopsis = "--listen ADDR --server ADDR"
     longdesc = ("A transparent proxy between distcache peers that forwards every byte "
                 "unchanged and logs one line per message.  ADDR is UNIX:/path, "
@@ -40,6 +41,7 @@ class Options(SocketOptions):
                 raise usage.UsageError(f"--{name} ADDR is required")
             checked_address(name, self[name])
         self["ownership"] = self.ownership()
+        self["limits"] = self.limits()
 
 
 class SnoopService(ConfiguredService):
@@ -51,18 +53,25 @@ class SnoopService(ConfiguredService):
     runtime = ("factory", "_report")
 
     def __init__(self, listen: str, server: str, ownership: SocketOwnership = SocketOwnership(),
-                 reactor=None, report=None):
+                 reactor=None, report=None, limits: ConnectionLimits = Options.default_limits):
         super().__init__(reactor)
         self.listen = listen
         self.server = server
         self.ownership = ownership
         self._report = report
+        self.limits = limits
         self.factory: Optional[SnoopFactory] = None
+
+    def __setstate__(self, state):
+        state = dict(state)  # settings added since a tap was written take their defaults
+        state.setdefault("limits", Options.default_limits)
+        super().__setstate__(state)
 
     def build(self, reactor) -> None:
         endpoint = address.client_endpoint(reactor, address.parse(self.server))
         self.factory = SnoopFactory(endpoint, clock=reactor, report=self._report)
-        Listener(self.listen, self.factory, self.ownership, reactor).setServiceParent(self)
+        Listener(self.listen, self.factory, self.ownership, reactor,
+                 self.limits).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
@@ -71,4 +80,5 @@ class SnoopService(ConfiguredService):
 
 
 def makeService(options) -> SnoopService:
-    return SnoopService(options["listen"], options["server"], options["ownership"])
+    return SnoopService(options["listen"], options["server"], options["ownership"],
+                        limits=options["limits"])

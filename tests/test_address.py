@@ -67,7 +67,7 @@ def test_any_text_parses_or_is_an_address_error(text):
 
 
 @pytest.mark.parametrize("text,server,client", [
-    ("UNIX:/tmp/a:b", "unix:/tmp/a\\:b:backlog=4096", "unix:path=/tmp/a\\:b"),
+    ("UNIX:/tmp/a:b", "unix:/tmp/a\\:b:backlog=4096:mode=600", "unix:path=/tmp/a\\:b"),
     ("IP:127.0.0.1:9001", "tcp:9001:interface=127.0.0.1:backlog=4096",
      "tcp:host=127.0.0.1:port=9001"),
     ("IP:9001", "tcp:9001:backlog=4096", "tcp:host=127.0.0.1:port=9001"),

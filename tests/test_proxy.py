@@ -514,3 +514,17 @@ def test_random_local_input_never_disturbs_the_others(garbage):
     assert not good_transport.disconnecting and not proxy.up_transport.disconnecting
     # Whatever the noise decoded to was answered; the rest closed that connection.
     wire.Decoder(expect=True).feed(noisy_transport.value())
+
+
+def test_malformed_local_connections_are_logged_in_full_only_for_the_first_few():
+    proxy = Proxy()
+    proxy.connect_upstream()
+    with capturedLogs() as events:
+        for _ in range(12):
+            bad, _ = proxy.local()
+            bad.dataReceived(b"\x00\x12garbage-bytes")
+        proxy.clock.advance(60)
+    lines = [formatEvent(e) for e in events if "local connection" in formatEvent(e)]
+    assert len(lines) == 6 and all(line.startswith("closing local") for line in lines[:5])
+    assert lines[5] == ("7 more malformed local connections in the last 60 s "
+                        "(not logged one by one)")

@@ -309,3 +309,59 @@ def test_connection_count(clock):
     assert factory.connections == 2
     a.connectionLost(None)
     assert factory.connections == 1
+
+
+def test_idle_connections_close_after_the_idle_timeout_and_no_sooner(clock):
+    factory = CacheServerFactory(SessionStore(clock), clock=clock, idle_timeout=10)
+    factory.startFactory()
+    quiet, _ = connect(factory)
+    quiet_transport = quiet.transport
+    talking, talking_transport = connect(factory)
+    for _ in range(9):  # 9.9 s: within the timeout, nothing closes
+        clock.advance(1.1)
+        talking.dataReceived(wire.encode_request(1, wire.OP_HAVE, b"x"))
+    assert not quiet_transport.disconnecting
+    for _ in range(6):  # 15.9 s quiet: past one and a half timeouts
+        clock.advance(1)
+    assert quiet_transport.disconnecting and factory.idle_closed == 1
+    assert not talking_transport.disconnecting
+    factory.stopFactory()
+
+
+def test_a_connection_still_being_answered_is_not_idle(clock):
+    factory = CacheServerFactory(SessionStore(clock), clock=clock, idle_timeout=10)
+    factory.startFactory()
+    proto, transport = connect(factory)
+    proto.pauseProducing()  # the peer does not read its replies
+    clock.pump([1] * 60)
+    assert not transport.disconnecting
+    proto.resumeProducing()
+    clock.pump([1] * 16)
+    assert transport.disconnecting
+    factory.stopFactory()
+
+
+def test_an_idle_timeout_of_zero_never_closes(clock):
+    factory = CacheServerFactory(SessionStore(clock), clock=clock, idle_timeout=0)
+    factory.startFactory()
+    proto, transport = connect(factory)
+    clock.advance(10 ** 6)
+    assert not transport.disconnecting
+    factory.stopFactory()
+
+
+def test_malformed_connections_are_logged_in_full_only_for_the_first_few(clock):
+    from twisted.logger import Logger, formatEvent
+    events = []
+    factory = CacheServerFactory(SessionStore(clock), clock=clock)
+    factory.warnings.log = Logger(namespace="test", observer=events.append)
+    for _ in range(20):
+        proto, transport = connect(factory)
+        proto.dataReceived(b"\xff" * 32)
+        assert transport.disconnecting
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 5 and all(line.startswith("closing connection from") for line in lines)
+    clock.advance(60)
+    assert formatEvent(events[-1]) == ("15 more malformed connections in the last 60 s "
+                                       "(not logged one by one)")
+    assert factory.protocol_errors == 20

@@ -208,7 +208,7 @@ def test_door_logs_version_policy_and_port_warning(tmp_path):
     [policy] = [line for line in log.splitlines() if "DCAP door policy" in line]
     assert "openTimeout 300s (" + str(ROOT / "conf" / "dcap.batch") in policy
     assert "keepAlive 30s" in policy  # the option wins over the batch file
-    assert "passive ports 33115:33145" in policy and "anonymous access FULL" in policy
+    assert "data port first free of 33115:33145" in policy and "anonymous access FULL" in policy
     assert "check strict" in policy and "buffers send" in policy
     [listening] = [line for line in log.splitlines() if "DCAP door listening on" in line]
     port = int(re.search(r"listening on \S*?(\d+),", listening).group(1))

@@ -15,7 +15,7 @@ import sys
 from twisted.internet import defer, task
 
 from distcache.version import version_line
-from distcache.dcap import hsm
+from distcache.dcap import hsm, space
 from distcache.dcap.auth import PLUGIN_LIMIT, PasswordFile, PasswordFileError, check_user_name
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
@@ -89,6 +89,9 @@ def build_parser():
 
     p = sub.add_parser("states", help="disk/tape state of every file below PATH")
     p.add_argument("path", nargs="?", default="/")
+
+    sub.add_parser("space", help="the pool's use against its water marks, the flush queue "
+                                 "and the pins")
 
     p = sub.add_parser("tape", help="show or set the tape back end")
     tape = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -176,6 +179,10 @@ def _line(entry, with_path=False):
         entry.state, adler, name)
 
 
+def _pct(fraction):
+    return "%g%%" % round(fraction * 100, 4)
+
+
 class Admin:
     """The commands, over one opened pool; tape commands return Deferreds."""
 
@@ -183,7 +190,8 @@ class Admin:
         self.root = root
         self.out = out
         self.err = err
-        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=fsync)
+        self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=fsync,
+                              space=space.load_settings(root))
         self.ns = self.pool.namespace
         self.failures = 0
 
@@ -369,6 +377,44 @@ class Admin:
             except DcapError as e:
                 self.complain(entry.path, e)
 
+    def space(self):
+        """Use against the marks, then the flush queue and the pins, oldest first."""
+        settings = self.pool.space
+        survey = self.pool.survey()
+        used = survey.used
+        if settings.pool_size is None:
+            self.say("pool %s: %d bytes in %d disk copies; no size limit (no sweeping)"
+                     % (self.pool.name, used, len(survey.copies)))
+        else:
+            size = settings.pool_size
+            self.say("pool %s: %d of %d bytes used (%.1f%%) in %d disk copies"
+                     % (self.pool.name, used, size, 100.0 * used / size, len(survey.copies)))
+            where = ("above the high mark" if used > settings.high_bytes else
+                     "between the marks" if used > settings.low_bytes else "below the low mark")
+            self.say("marks: high %s = %d bytes, low %s = %d bytes; %s"
+                     % (_pct(settings.high), settings.high_bytes, _pct(settings.low),
+                        settings.low_bytes, where))
+            self.say("droppable (on tape, not pinned): %d bytes; free %d, free after drops %d"
+                     % (survey.droppable, survey.free, survey.room_after_drops))
+        self.say("policy: " + settings.describe())
+        queue = survey.unflushed
+        self.say("flush queue: %d files, %d bytes" % (len(queue), sum(c.size for c in queue)))
+        for c in queue:
+            self.say("  %s %12d  waiting %6.0fs  %s" % (c.pnfsid, c.size,
+                                                       max(survey.now - c.written, 0),
+                                                       self._path(c)))
+        pins = survey.pins
+        self.say("pins: %d" % len(pins))
+        for c in pins:
+            self.say("  %s %12d  %6.0fs left  %s" % (c.pnfsid, c.size,
+                                                    c.pinned_until - survey.now, self._path(c)))
+
+    def _path(self, copy):
+        try:
+            return self.pool.engine.get(copy.pnfsid).path
+        except DcapError:
+            return "(no file)"
+
     def tape(self, args):
         if args.kind == "show":
             path = hsm.config_path(self.root)
@@ -440,6 +486,8 @@ def run(argv, reactor, out=None, err=None, stdin=None):
             yield admin.stage(args.path)
         elif cmd == "tape":
             admin.tape(args)
+        elif cmd == "space":
+            admin.space()
     except DcapError as e:
         admin.complain(getattr(args, "path", None) or getattr(args, "source", cmd), e)
     finally:

@@ -207,6 +207,15 @@ def decode_mode(text: Optional[str], default: int) -> int:
         return default
 
 
+#: A pnfs id as libdcap sends it in place of a URL (names resolved through a mount).
+PNFSID = re.compile(r"[0-9A-Fa-f]{24}(?:[0-9A-Fa-f]{12})?")
+
+
+def is_pnfsid(text: str) -> bool:
+    """True when an open's first argument is a pnfs id rather than a URL or path."""
+    return PNFSID.fullmatch(text) is not None
+
+
 #: dcap://, dcaps://, and dcap:// behind a tunnel's prefix (gsidcap://, ssldcap://...),
 #: which libdcap sends as the client wrote it.
 _URL_SCHEME = re.compile(r"[A-Za-z0-9]{0,16}dcaps?://", re.IGNORECASE)
@@ -215,7 +224,9 @@ _URL_SCHEME = re.compile(r"[A-Za-z0-9]{0,16}dcaps?://", re.IGNORECASE)
 def decode_url(url: str) -> str:
     """Map `[prefix]dcap://host[:port]/<%-encoded path>` (or a bare path) to a path.
 
-    The host and port are dropped, %-escapes decoded (as UTF-8) and runs
+    As in dCache, any scheme that ends in ``dcap`` (dcap, dcaps, gsidcap,
+    kerberos variants) names the door when an authority follows.  The host
+    and port are dropped, %-escapes decoded (as UTF-8) and runs
     of `/` collapsed.  Raises `BadURL` when the result is not a usable
     absolute path text.
     """
@@ -289,6 +300,11 @@ def failed(sid: int, cid: int, rc: int, message: str, posix: Optional[str] = Non
 
 def welcome(major: str, minor: str) -> bytes:
     return reply(0, 0, "server", "welcome", major, minor)
+
+
+def status(sid: int, cid: int, text: str) -> bytes:
+    """A `status` answer: ``ok``, two spaces, 0 and the quoted state, as dCache writes it."""
+    return reply(sid, cid, "client", "ok", "", "0", quote(text))
 
 
 def pong(sid: int, cid: int) -> bytes:

@@ -33,11 +33,11 @@ from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.errors import (
-    RC_BAD_COMMAND, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
+    RC_BAD_COMMAND, RC_HSM_NOT_ENABLED, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
     DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
-from distcache.dcap.mover import DataChannel, PassiveMoverFactory, connect_to_client, new_challenge
+from distcache.dcap.mover import DataChannel, connect_to_client, new_challenge
 from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
@@ -45,6 +45,10 @@ from distcache.dcap.tunnel import LoginGate
 from distcache.dcap.workers import INLINE
 
 log = Logger()
+
+#: Modes of new files and directories whose client sent no -mode, as dCache gives them.
+DEFAULT_FILE_MODE = 0o600
+DEFAULT_DIR_MODE = 0o700
 
 #: The line libdcap reads as "this door is going away" (any session id).
 SHUTDOWN_LINE = b"0 0 server shutdown\n"
@@ -69,6 +73,7 @@ class DoorProtocol(LineOnlyReceiver):
         self.welcomed = False
         self.uid = -1
         self.gid = -1
+        self.pid = "<unknown>"
         self.closed = False
         self.stopping = False  # the door told this client it shuts down
         self.peer = "?"
@@ -191,7 +196,8 @@ class DoorProtocol(LineOnlyReceiver):
 
     def _session(self, r: Request, command: str, path: str = "", tid: Optional[int] = None,
                  answers: bool = True) -> Session:
-        session = Session(self, r.sid, r.cid, command, path, tid=tid, answers=answers)
+        session = Session(self, r.sid, r.cid, command, path, tid=tid, answers=answers,
+                          clock=self.factory.reactor)
         session.request = r
         session.options = dict(r.options)
         self.sessions[r.sid] = session
@@ -231,6 +237,7 @@ class DoorProtocol(LineOnlyReceiver):
             return
         self.uid = r.int_option("uid", -1)
         self.gid = r.int_option("gid", -1)
+        self.pid = r.option("pid") or self.pid
         self.welcomed = True
         self.send(control.welcome(major, minor))
 
@@ -243,7 +250,11 @@ class DoorProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def do_status(self, r: Request):
-        self.send(control.ok(r.sid, r.cid))
+        """The state of session r.sid on this connection, as dCache's door says it."""
+        session = self.sessions.get(r.sid)
+        if session is None:
+            raise DcapError(RC_INTERNAL, "Session ID %d not found." % (r.sid,))
+        self.send(control.status(r.sid, r.cid, session.status_text(self.uid, self.pid)))
 
     # -- namespace requests ---------------------------------------------
 
@@ -258,7 +269,7 @@ class DoorProtocol(LineOnlyReceiver):
     do_lstat = do_stat
 
     def do_mkdir(self, r: Request):
-        mode = control.decode_mode(r.option("mode"), 0o755) & 0o7777
+        mode = control.decode_mode(r.option("mode"), DEFAULT_DIR_MODE) & 0o7777
         return self._ok_after(self.factory.namespace.mkdir(self.path(r), self.subject(r), mode), r)
 
     def do_rmdir(self, r: Request):
@@ -325,10 +336,20 @@ class DoorProtocol(LineOnlyReceiver):
         return d
 
     def do_stage(self, r: Request):
+        """Recall the file to disk and pin it for ``-stagetime`` seconds (dCache's pin lifetime).
+
+        The client is answered at once; the recall and the pin follow.  A
+        stage time of 0 (dccp's default) stages without a pin.
+        """
+        lifetime = r.int_option("stagetime", 0)
+
         def start(entry):
             if not entry.is_file:
                 raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
-            d = self.factory.pool.stage(entry)
+            pool = self.factory.pool
+            d = pool.stage(entry)
+            if lifetime > 0:
+                d.addCallback(lambda fresh: pool.pin(fresh, lifetime))
             d.addErrback(lambda f: log.failure("staging {path} failed", f, path=entry.path))
             self._ok(r)
         return _then(self.factory.namespace.lookup(self.path(r), self.subject(r)), start)
@@ -343,32 +364,46 @@ class DoorProtocol(LineOnlyReceiver):
     # -- transfers -------------------------------------------------------
 
     def do_open(self, r: Request):
-        path = self.path(r)
+        by_id = bool(r.args) and control.is_pnfsid(r.args[0])
+        # An open by pnfs id (libdcap resolving names through a mount) names
+        # its file by the id; -path= is what the client called it, for the log.
+        path = (r.option("path") or r.args[0]) if by_id else self.path(r)
         if len(r.args) < 2 or r.args[1] not in ("r", "w", "rw"):
             raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
         if self.factory.stopping:
             raise DcapError(RC_INTERNAL, "Door is shutting down")
+        if "hsm" in r.options and getattr(self.factory.pool, "hsm", None) is None:
+            # an open that names an HSM needs a pool with tape behind it
+            raise DcapError(RC_HSM_NOT_ENABLED, "Hsm Support Not enabled")
         mode = r.args[1]
         subject = self.subject(r)
         pool = self.factory.pool
+        namespace = self.factory.namespace
         tid = self.factory.new_transfer_id()
         session = self._session(r, "open", path, tid=tid)
         session.started = self.factory.reactor.seconds()
         log.info("transfer {tid}: open {mode} {path} {options} (session {sid} from {peer})",
-                 tid=tid, mode=mode, path=path, peer=self.peer, sid=r.sid,
+                 tid=tid, mode=mode, path=r.args[0] if by_id else path, peer=self.peer, sid=r.sid,
                  options=" ".join("-%s" % k if v is None else "-%s=%s" % (k, v) for k, v in r.extras))
         session.watch = self.factory.policy.watch_open(
             tid, r.option("timeout"), session.deadline_waiting, session.deadline_reading)
         passive = "passive" in r.options or not self.config.connect_back
+
+        def resolved(step):
+            """step(path) once the pnfs id (if any) names a path."""
+            if not by_id:
+                return lambda: step(path)
+            return lambda: _then(namespace.get(r.args[0]), lambda entry: step(entry.path))
+
         if mode == "r":
-            session.follow(lambda: self.factory.namespace.open_read(path, subject),
+            session.follow(resolved(lambda p: namespace.open_read(p, subject)),
                            lambda entry: self._readable(session, entry, passive))
             return
-        create_mode = control.decode_mode(r.option("mode"), 0o644) & 0o7777
+        create_mode = control.decode_mode(r.option("mode"), DEFAULT_FILE_MODE) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
 
-        def upload():
-            return pool.open_write(path, subject, create_mode, replace=replace,
+        def upload(p):
+            return pool.open_write(p, subject, create_mode, replace=replace,
                                    copy_existing=(mode == "rw"),
                                    overwrite_hint=self._overwrite_hint(r))
 
@@ -377,7 +412,7 @@ class DoorProtocol(LineOnlyReceiver):
             session.ready(self._transfer(session, upload=up, size=size,
                                          label="%s %s" % (mode, path)), passive)
 
-        session.follow(upload, start)
+        session.follow(resolved(upload), start)
 
     def _overwrite_hint(self, r: Request) -> str:
         """How a client whose write onto an existing file was refused can overwrite it."""
@@ -438,9 +473,8 @@ class DoorProtocol(LineOnlyReceiver):
         local = self.transport.getHost().host
         interface = "" if self.config.connect_host else local
         host = self.config.connect_host or local
-        factory = PassiveMoverFactory(transfer, challenge, session.mover_connected,
-                                      clock=self.factory.reactor)
-        d = defer.maybeDeferred(self.factory.listen_for_mover, interface, factory)
+        d = defer.maybeDeferred(self.factory.expect_mover, interface, transfer, challenge,
+                                session.mover_connected)
 
         def listening(port):
             session.listening(port, control.connect(session.sid, session.cid, host,
@@ -452,7 +486,7 @@ class DoorProtocol(LineOnlyReceiver):
             if f.check(PortRangeExhausted):
                 log.warn("transfer {tid}: {error}", tid=session.tid, error=f.getErrorMessage())
             else:
-                log.failure("transfer {tid}: cannot listen for the mover", f, tid=session.tid)
+                log.failure("transfer {tid}: cannot open the data port", f, tid=session.tid)
             session.failed(TransferError(RC_INTERNAL, "cannot open a data port: %s"
                                          % (f.getErrorMessage(),)))
 
@@ -590,9 +624,9 @@ class DoorFactory(Factory):
         """
         return self.policy.has_disk_copy(entry, [self.pool])
 
-    def listen_for_mover(self, interface: str, factory):
-        """A listening port for a server-passive mover, inside the port range."""
-        return self.policy.listen(self.reactor, interface, factory)
+    def expect_mover(self, interface: str, transfer, challenge: str, on_accept):
+        """Let transfer wait on the data port of interface for the client presenting challenge."""
+        return self.policy.expect_mover(self.reactor, interface, transfer, challenge, on_accept)
 
     # -- stopping ------------------------------------------------------------
 

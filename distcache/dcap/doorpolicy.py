@@ -3,15 +3,17 @@ A running door's policy: the resolved settings plus their live parts.
 
 DcapPolicy is plain data (it goes into tap files); DoorPolicy is built when
 the door starts and holds what runs: the keep-alive pass over open
-deadlines and the passive port allocator.  The door asks it four things:
-which buffers an open gets, how to listen for a server-passive mover, how to
-set up a data connection, and whether ``check`` may answer ok.
+deadlines and the pool's data port (one per interface the door's clients
+reach it on).  The door asks it four things: which buffers an open gets,
+where a server-passive mover waits for its client, how to set up a data
+connection, and whether ``check`` may answer ok.
 """
 
 from twisted.logger import Logger
 
 from distcache.dcap.check import has_disk_copy
-from distcache.dcap.mover import listen_for_mover
+from distcache.dcap.dataport import DataPort
+from distcache.dcap.mover import HELLO_TIMEOUT, listen_for_mover
 from distcache.dcap.opentimeout import OpenTimeouts
 from distcache.dcap.policy import (
     DcapPolicy,
@@ -19,34 +21,9 @@ from distcache.dcap.policy import (
     client_buffer_request,
     transfer_buffers,
 )
-from distcache.dcap.portrange import PortAllocator
+from distcache.dcap.portrange import PortAllocator, PortRange
 
 log = Logger()
-
-
-class RangePort:
-    """
-    A mover's listening port taken from the allocator.
-
-    It behaves as the IListeningPort the door keeps (getHost, stopListening)
-    and gives its number back to the allocator when it stops listening, which
-    the door does whenever the mover ends.
-    """
-
-    def __init__(self, allocator, number, listener):
-        self._allocator = allocator
-        self.number = number
-        self._listener = listener
-        self._released = False
-
-    def getHost(self):
-        return self._listener.getHost()
-
-    def stopListening(self):
-        if not self._released:
-            self._released = True
-            self._allocator.release(self.number)
-        return self._listener.stopListening()
 
 
 class DoorPolicy:
@@ -59,14 +36,24 @@ class DoorPolicy:
         self.clock = clock
         self.pool_name = pool_name
         self.timeouts = OpenTimeouts(clock, self.policy.keep_alive)
-        self.ports = PortAllocator(self.policy.port_range)
+        data_port = getattr(self.policy, "data_port", None)
+        self.ports = PortAllocator(PortRange(data_port, data_port) if data_port
+                                   else self.policy.port_range)
+        self.hello_timeout = HELLO_TIMEOUT
+        #: interface -> the DataPort listening there
+        self.data_ports = {}
 
     def start(self):
         """Start the keep-alive pass (a no-op without a keep-alive)."""
         self.timeouts.start()
 
     def stop(self):
+        """Stop the keep-alive pass and close the data ports."""
         self.timeouts.stop()
+        ports, self.data_ports = self.data_ports, {}
+        for port in ports.values():
+            self.ports.release(port.number)
+            port.listener.stopListening()
 
     # -- buffers -----------------------------------------------------------
 
@@ -87,18 +74,35 @@ class DoorPolicy:
         if watch is not None:
             watch.transfer_started(writing=transfer.writable)
 
-    # -- passive ports -----------------------------------------------------
+    # -- the data port ----------------------------------------------------
 
-    def listen(self, reactor, interface, factory):
+    def data_port(self, reactor, interface):
         """
-        Listen for a server-passive mover inside the configured port range.
+        The data port on interface, listening from the first call on: the
+        first free port of the range (or the --data-port), else one the
+        system chooses.
 
-        Raises PortRangeExhausted when the range has no free port.
+        Raises PortRangeExhausted when no port of the range can be bound.
         """
-        number, listener = self.ports.listen(
-            lambda port: listen_for_mover(reactor, interface, factory, port)
-        )
-        return RangePort(self.ports, number, listener)
+        port = self.data_ports.get(interface)
+        if port is None:
+            port = DataPort(clock=self.clock, hello_timeout=self.hello_timeout)
+            port.number, port.listener = self.ports.listen(
+                lambda number: listen_for_mover(reactor, interface, port, number)
+            )
+            self.data_ports[interface] = port
+            log.info("data port listening on {where}:{number} for every server-passive mover",
+                     where=interface or "*", number=port.number)
+        return port
+
+    def expect_mover(self, reactor, interface, transfer, challenge, on_accept):
+        """
+        Register transfer on the data port of interface under challenge.
+
+        The returned ExpectedMover names the port (``getHost()``) and is
+        withdrawn with ``stopListening()``.
+        """
+        return self.data_port(reactor, interface).expect(transfer, challenge, on_accept)
 
     # -- open deadlines ----------------------------------------------------
 
@@ -129,6 +133,15 @@ def _size(n):
     return str(n)
 
 
+def _data_port_summary(policy):
+    data_port = getattr(policy, "data_port", None)
+    if data_port:
+        return f"data port {data_port}"
+    if policy.port_range:
+        return f"data port first free of {policy.port_range}"
+    return "data port any"
+
+
 def policy_summary(policy, access, allow_truncate=False):
     """One line of the door's effective policy, after batch, poollist and option precedence."""
     policy = policy if policy is not None else DcapPolicy()
@@ -146,7 +159,7 @@ def policy_summary(policy, access, allow_truncate=False):
         timeout,
         f"keepAlive {policy.keep_alive}s" if policy.keep_alive else "keepAlive off",
         "check strict" if policy.strict_check else "check fuzzy",
-        f"passive ports {policy.port_range}" if policy.port_range else "passive ports any",
+        _data_port_summary(policy),
         f"anonymous access {getattr(access, 'value', access)}"
         + (", overwrite allowed" if allow_truncate else ""),
     ]

@@ -22,6 +22,7 @@ RC_DENIED = 19
 RC_DIR_EXISTS = 20
 RC_NOT_DIRECTORY = 22
 RC_RMDIR_REFUSED = 23
+RC_HSM_NOT_ENABLED = 105
 RC_TIMEOUT = 112
 RC_DISK_IO = 204
 RC_BROKEN_ON_TAPE = 243
@@ -92,3 +93,7 @@ class StageFailed(DcapError):
 class TransferError(DcapError):
     """A data transfer failed; the door reports its code when the session ends."""
 
+
+
+class NoSpace(DcapError):
+    """A write that would not fit on the pool, even after dropping what may be dropped."""

@@ -1,8 +1,9 @@
 """The mover: one data connection per open, in either connection mode.
 
-Server-passive: the door answers `connect host port challenge`, the mover
-listens (`listen_for_mover`) and serves the first connection that presents
-the session id and challenge in time.  Client-passive: the mover connects
+Server-passive: the door answers `connect host port challenge` naming the
+pool's one data port (`dataport.DataPort`, listening through
+`listen_for_mover`), and the channel serves the transfer whose session id
+and challenge the connection presents in time.  Client-passive: the mover connects
 to the client's callback address (`connect_to_client`) and sends session
 id + 0.  Either way `DataChannel` then serves the IOCMDs of `mover_codec`
 for one `Transfer`.
@@ -17,7 +18,6 @@ to the upload file as they arrive.
 from __future__ import annotations
 
 import enum
-import hmac
 import secrets
 import socket
 from typing import Callable, Dict, Optional, Tuple
@@ -37,8 +37,8 @@ from distcache.dcap.transfer import Transfer
 
 log = Logger()
 
-#: Seconds a server-passive data connection may take to send its hello.
-HELLO_TIMEOUT = 10.0
+#: Seconds a server-passive data connection may take to present its challenge.
+HELLO_TIMEOUT = 5.0
 
 
 def new_challenge() -> str:
@@ -345,9 +345,8 @@ HANDLERS = _table()
 class QuietPort(tcp.Port):
     """A listening port that opens and closes without a log line.
 
-    Every transfer in server-passive mode has a port of its own; Twisted's
-    `... starting on N` and `(TCP Port N Closed)` for each would drown the
-    one line per transfer that matters.
+    The data port logs its own line when it starts; Twisted's `... starting
+    on N` and `(TCP Port N Closed)` would repeat it with object reprs.
     """
 
     def startListening(self) -> None:
@@ -401,36 +400,3 @@ class _OneProtocol(Factory):
 
     def buildProtocol(self, addr):
         return self._protocol
-
-
-class PassiveMoverFactory(Factory):
-    """Accept data connections for one transfer until one proves itself.
-
-    The challenge is compared in constant time and used once: after a
-    successful hello `accepted` is set and the listener is closed by its
-    owner.  Connections that send no hello within `hello_timeout` seconds
-    of `clock` are dropped.
-    """
-
-    noisy = False
-
-    def __init__(self, transfer: Transfer, challenge: str, on_accept: Callable[[], None],
-                 clock=None, hello_timeout: float = HELLO_TIMEOUT):
-        self.transfer = transfer
-        self.challenge = challenge.encode("ascii")
-        self.accepted = False
-        self._on_accept = on_accept
-        self.clock = clock
-        self.hello_timeout = hello_timeout
-
-    def verify(self, sid: int, challenge: bytes) -> Optional[Transfer]:
-        if self.accepted or sid != self.transfer.sid:
-            return None
-        if not hmac.compare_digest(challenge, self.challenge):
-            return None
-        self.accepted = True
-        self._on_accept()
-        return self.transfer
-
-    def buildProtocol(self, addr):
-        return DataChannel(verify=self.verify, clock=self.clock, hello_timeout=self.hello_timeout)

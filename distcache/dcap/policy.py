@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from distcache.dcap.configsource import ConfigError, Setting, parse_int
 from distcache.dcap.portrange import PortRange
+from distcache.dcap.space import SpaceSettings, resolve_space
 
 log = Logger()
 
@@ -199,6 +200,11 @@ class DcapPolicy:
     keep_alive: "int | None" = None
     strict_check: bool = False
     port_range: "PortRange | None" = None
+    # the pool's size, water marks and flush policy (space.py), and per poollist pool
+    space: SpaceSettings = SpaceSettings()
+    pool_space: tuple = ()
+    # the one data port (--data-port); None: the first free port of port_range
+    data_port: "int | None" = None
 
     def buffers_for(self, pool=None):
         """The buffer limits of the named pool (the door's own by default)."""
@@ -206,6 +212,13 @@ class DcapPolicy:
             if name == pool:
                 return limits
         return self.buffers
+
+    def space_for(self, pool=None):
+        """The space settings of the named pool (the door's own by default)."""
+        for name, settings in self.pool_space:
+            if name == pool:
+                return settings
+        return self.space
 
     def open_deadline_seconds(self, client_timeout=None):
         """
@@ -311,6 +324,11 @@ def resolve_policy(
     port_range = None
     if range_setting is not None and range_setting.value.strip():
         port_range = PortRange.parse(range_setting.value, range_setting.origin)
+    data_port = _data_port(explicit.get("dataport"), port_range)
+
+    space = resolve_space(explicit, pool)
+    per_pool_space = tuple((entry.name, resolve_space(explicit, entry.options, pool))
+                           for entry in poollist)
 
     return DcapPolicy(
         buffers=buffers,
@@ -320,7 +338,27 @@ def resolve_policy(
         keep_alive=keep_alive,
         strict_check=strict,
         port_range=port_range,
+        space=space,
+        pool_space=per_pool_space,
+        data_port=data_port,
     )
+
+
+def _data_port(setting, port_range):
+    """The --data-port number, which must lie inside the port range if both are given."""
+    if setting is None or not setting.value.strip():
+        return None
+    try:
+        port = int(setting.value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(setting.origin, f"dataport must be a port number 1..65535, "
+                                          f"not {setting.value!r}")
+    if port_range is not None and not port_range.low <= port <= port_range.high:
+        raise ConfigError(setting.origin, f"dataport {port} lies outside the port range "
+                                          f"{port_range}")
+    return port
 
 
 def explicit_setting(value, option_name):

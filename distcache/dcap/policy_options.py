@@ -33,11 +33,18 @@ PLAIN_FLAGS = {
     "keep-alive": "keepAlive",
     "check": "check",
     "portrange": "portrange",
+    "pool-size": "poolSize",
+    "high-water": "highWater",
+    "low-water": "lowWater",
+    "flush-after": "flushAfter",
+    "flush-batch": "flushBatch",
+    "sweep-interval": "sweepInterval",
+    "data-port": "dataport",
 }
 
 
 class PolicyOptions(usage.Options):
-    """Buffer sizes, openTimeout, keep-alive, strict check and port range."""
+    """Buffer sizes, openTimeout, keep-alive, strict check, port range, pool space."""
 
     optParameters = [
         ["batch", None, None,
@@ -60,8 +67,28 @@ class PolicyOptions(usage.Options):
          "'strict': check answers ok only for a disk copy on a pool that is "
          "up; 'fuzzy' (default): from the namespace."],
         ["portrange", None, None,
-         "Ports server-passive movers listen on: LOW:HIGH or "
+         "Ports the pool's data port may take (the first free one): LOW:HIGH or "
          "org.dcache.net.tcp.portrange=LOW:HIGH."],
+        ["pool-size", None, None,
+         "Disk space the pool may use (bytes, or 500M, 10G); above the high "
+         "mark the sweeper drops files already on tape, least recently used "
+         "first (poolSize)."],
+        ["high-water", None, None,
+         "High water mark: fraction (0.95) or percentage (95%) of --pool-size "
+         "above which the sweeper runs (highWater; default 0.95)."],
+        ["low-water", None, None,
+         "Low water mark the sweeper drops down to (lowWater; default 0.85)."],
+        ["flush-after", None, None,
+         "Flush a new file to tape once it is this many seconds old (flushAfter)."],
+        ["flush-batch", None, None,
+         "Flush the waiting new files as soon as this many wait (flushBatch)."],
+        ["sweep-interval", None, None,
+         "Seconds between the pool's space and flush checks (sweepInterval; "
+         "default 10)."],
+        ["data-port", None, None,
+         "The one port every server-passive mover shares (inside --portrange "
+         "if both are given); default: the first free port of --portrange, "
+         "else one the system chooses."],
     ] + [
         [flag, None, None, f"Bytes ({name}); overrides batch and poollist."]
         for flag, name in BUFFER_FLAGS.items()

@@ -8,11 +8,19 @@ visible; an aborted or interrupted upload leaves the old version untouched.
 With tertiary storage (see hsm.py) a file can be flushed to tape, dropped
 from disk (tape only) and staged back; concurrent stage requests of one
 file share a single recall.
+
+Space (see space.py and sweeper.py): the pool knows when each disk copy
+was made and last used, which copies are busy (being read, flushed or
+staged) and which are pinned.  Access and write times live in the pool
+process (seeded from the data file's mtime after a restart), not in the
+namespace, so a read costs no database write; pins are small files in
+``<pool>/pins/`` so that dcap-admin and a restarted door see them.
 """
 
 import os
 import secrets
 import shutil
+import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -26,13 +34,20 @@ from distcache.dcap.errors import (
     RC_NOT_ONLINE,
     RC_NOT_REGULAR,
     DcapError,
+    NoSpace,
     NotCached,
     StageFailed,
 )
+from distcache.dcap.space import SpaceSettings
+from distcache.dcap.flushpolicy import FlushPolicy
+from distcache.dcap.sweeper import Copy, Survey, Sweeper
 from distcache.dcap.sqlite_namespace import open_namespace
 from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
 log = Logger()
+
+#: The name of a door's pool (poollist entries of this name apply to it).
+DEFAULT_POOL_NAME = "pool1"
 
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -157,6 +172,7 @@ class Upload:
     def _place(self, pnfsid):
         self.placed = self.pool._data_path(pnfsid)
         os.rename(self.temp_path, self.placed)
+        self.pool._made(pnfsid)
 
     def _unplace(self):
         """After a failed commit, drop data renamed in for an entry that never was."""
@@ -185,6 +201,39 @@ class Upload:
                 pass
 
 
+class _WallClock:
+    """time.time as an IReactorTime's seconds(), for pools without a reactor."""
+
+    @staticmethod
+    def seconds():
+        return time.time()
+
+
+class _ReadCopy:
+    """A disk copy open for reading: the file, which marks the copy busy until closed."""
+
+    def __init__(self, file, release):
+        self._file = file
+        self._release = release
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self._file.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
 class Pool:
     """One pool directory next to a namespace, with optional tertiary storage.
 
@@ -196,9 +245,11 @@ class Pool:
     engine seen through the database worker, which the door uses.
     """
 
-    def __init__(self, directory, namespace, name="pool1", hsm=None, fsync=True,
-                 workers=INLINE):
+    def __init__(self, directory, namespace, name=DEFAULT_POOL_NAME, hsm=None, fsync=True,
+                 workers=INLINE, clock=None, space=None):
         self.directory = directory
+        self.clock = clock if clock is not None else _WallClock()
+        self.space = space if space is not None else SpaceSettings()
         self.workers = workers
         self.engine = namespace
         self.namespace = (namespace if workers is INLINE
@@ -208,10 +259,17 @@ class Pool:
         self.fsync = fsync
         self.data_dir = os.path.join(directory, "data")
         self.incoming_dir = os.path.join(directory, "incoming")
+        self.pins_dir = os.path.join(directory, "pins")
         os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(self.incoming_dir, exist_ok=True)
+        os.makedirs(self.pins_dir, exist_ok=True)
         self._stages = {}
         self._flushes = {}
+        self._readers = {}  # pnfsid -> open reads of its disk copy
+        self._accessed = {}  # pnfsid -> last read or write, on self.clock
+        self._written = {}  # pnfsid -> when its disk copy was made, on self.clock
+        self.sweeper = Sweeper(self, self.space, self.clock)
+        self.flusher = FlushPolicy(self, self.space, self.clock)
         self._sweep_incoming()
 
     # -- data files -----------------------------------------------------
@@ -237,26 +295,83 @@ class Pool:
         if not entry.is_file:
             raise DcapError(RC_NOT_FILE, "Not a File")
         try:
-            return open(self.data_path(entry), "rb")
+            f = open(self.data_path(entry), "rb")
         except FileNotFoundError:
             raise NotCached(RC_NOT_CACHED, "File is not cached") from None
+        pnfsid = entry.pnfsid
+        self._readers[pnfsid] = self._readers.get(pnfsid, 0) + 1
+        self._accessed[pnfsid] = self.clock.seconds()
+        return _ReadCopy(f, lambda: self._read_done(pnfsid))
+
+    def _read_done(self, pnfsid):
+        left = self._readers.get(pnfsid, 0) - 1
+        if left > 0:
+            self._readers[pnfsid] = left
+        else:
+            self._readers.pop(pnfsid, None)
+        self._accessed[pnfsid] = self.clock.seconds()
+
+    def _made(self, pnfsid):
+        """A disk copy of pnfsid was just written or staged."""
+        now = self.clock.seconds()
+        self._written[pnfsid] = now
+        self._accessed[pnfsid] = now
+
+    def start_management(self):
+        """Start the sweeper and the flush policy (on the pool's clock)."""
+        self.sweeper.start()
+        self.flusher.start()
+
+    def stop_management(self):
+        self.flusher.stop()
+        self.sweeper.stop()
+
+    @property
+    def flushing(self):
+        """pnfsids being flushed to tape now."""
+        return frozenset(self._flushes)
+
+    def is_busy(self, pnfsid):
+        """True while the disk copy is read, flushed or staged (never dropped then)."""
+        return bool(self._readers.get(pnfsid)) or pnfsid in self._flushes \
+            or pnfsid in self._stages
 
     def open_write(self, path, subject, mode=0o644, replace=False, copy_existing=False,
-                   overwrite_hint=None):
+                   overwrite_hint=None, alloc_size=None):
         """Start an Upload of path; the namespace checks the subject's rights.
 
         replace allows a new version of an existing file (the door's
         truncate policy); copy_existing starts from the current data, for
         ``rw`` opens that modify a file in place; overwrite_hint ends the
-        refusal of an existing file when replace is false.
+        refusal of an existing file when replace is false.  On a pool with
+        a size, alloc_size bytes (at least one) must fit once everything
+        droppable is dropped, else NoSpace (ENOSPC); a write that fits
+        only after dropping has the sweeper drop first.
         """
+        if self.space.manages_space:
+            need = max(int(alloc_size or 0), 1)
+            return then(self.make_room(need), lambda _: self._open_write(
+                path, subject, mode, replace, copy_existing, overwrite_hint))
+        return self._open_write(path, subject, mode, replace, copy_existing, overwrite_hint)
+
+    def _open_write(self, path, subject, mode, replace, copy_existing, overwrite_hint):
         def start(ticket):
             temp = os.path.join(
                 self.incoming_dir, "%d-%s" % (os.getpid(), secrets.token_hex(8))
             )
             if copy_existing and ticket.old is not None:
-                return then(self.workers.disk(self._copy_of, ticket.old, temp),
-                            lambda f: Upload(self, ticket, temp, f))
+                old = ticket.old.pnfsid
+                self._readers[old] = self._readers.get(old, 0) + 1  # busy: not dropped
+                try:
+                    copied = self.workers.disk(self._copy_of, ticket.old, temp)
+                except BaseException:
+                    self._read_done(old)
+                    raise
+                if isinstance(copied, defer.Deferred):
+                    copied.addBoth(lambda r: (self._read_done(old), r)[1])
+                else:
+                    self._read_done(old)
+                return then(copied, lambda f: Upload(self, ticket, temp, f))
             return Upload(self, ticket, temp, open(temp, "x+b"))
 
         return then(self.workers.database(self.engine.prepare_write, path, subject, mode,
@@ -278,6 +393,8 @@ class Pool:
         return then(self.workers.database(self.engine.unlink, path, subject), discard)
 
     def _discard(self, entry):
+        self._accessed.pop(entry.pnfsid, None)
+        self._written.pop(entry.pnfsid, None)
         try:
             os.unlink(self.data_path(entry))
         except FileNotFoundError:
@@ -345,6 +462,11 @@ class Pool:
         return defer.maybeDeferred(
             lambda: then(self.workers.database(self.engine.get, entry.pnfsid), start))
 
+    def flush_pnfsid(self, pnfsid):
+        """flush() of the file with this pnfsid (the flush policy's entry point)."""
+        return defer.maybeDeferred(
+            lambda: then(self.workers.database(self.engine.get, pnfsid), self.flush))
+
     @staticmethod
     def _join(running, entry, start):
         """A Deferred on the shared operation for entry, starting it if needed."""
@@ -403,6 +525,7 @@ class Pool:
                 with open(temp, "rb") as f:
                     os.fsync(f.fileno())
             os.rename(temp, self.data_path(fresh))
+            self._made(pnfsid)
 
         def record(_):
             d = defer.maybeDeferred(self.workers.database, self.engine.set_location,
@@ -473,31 +596,191 @@ class Pool:
         """Remove the disk copy of a flushed file, leaving it on tape only."""
         if not entry.is_file:
             raise DcapError(RC_NOT_REGULAR, "path is not a regular file", "EINVAL")
+        return self._drop(entry.pnfsid)
+
+    def _drop(self, pnfsid, unless_busy=False):
         def unlink_copy(fresh):
             if not fresh.tape_uri:
                 raise DcapError(
                     RC_NOT_ONLINE, "File has no tape copy: flush it before dropping", "EIO"
                 )
-            try:
-                os.unlink(self.data_path(fresh))
-            except FileNotFoundError:
-                pass
-            return then(self.workers.database(self.engine.set_location, fresh.pnfsid,
-                                              on_disk=False), dropped)
+            if unless_busy and self.is_busy(pnfsid):
+                return None
+            return then(self.workers.disk(_unlink, self.data_path(fresh)),
+                        lambda _: then(self.workers.database(
+                            self.engine.set_location, pnfsid, on_disk=False), dropped))
 
         def dropped(fresh):
+            self._accessed.pop(pnfsid, None)
+            self._written.pop(pnfsid, None)
             log.info("dropped disk copy of {path} ({pnfsid})", path=fresh.path,
                      pnfsid=fresh.pnfsid)
             return fresh
 
-        return then(self.workers.database(self.engine.get, entry.pnfsid), unlink_copy)
+        return then(self.workers.database(self.engine.get, pnfsid), unlink_copy)
+
+    # -- space ------------------------------------------------------------
+
+    def survey(self):
+        """Every disk copy with its size, times, tape state, pin and use: a Survey.
+
+        The directory scan and pins run on the disk worker, the tape state
+        on the database worker; a Deferred with thread workers.
+        """
+        def entries(found):
+            copies, pins = found
+            return then(self.workers.database(self.engine.tape_copies),
+                        lambda files: self._survey_of(copies, pins, files))
+
+        return then(self.workers.disk(self._scan), entries)
+
+    def _scan(self):
+        """Disk work of a survey: (pnfsid, size, mtime) of each copy, and the pins."""
+        copies = []
+        with os.scandir(self.data_dir) as it:
+            for item in it:
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                copies.append((item.name, st.st_size, st.st_mtime))
+        return copies, self._read_pins()
+
+    def _survey_of(self, copies, pins, files):
+        result = []
+        for pnfsid, size, mtime in copies:
+            is_file = pnfsid in files
+            result.append(Copy(
+                pnfsid=pnfsid, size=size,
+                accessed=self._accessed.get(pnfsid, mtime),
+                written=self._written.get(pnfsid, mtime),
+                on_tape=bool(files.get(pnfsid)),
+                busy=self.is_busy(pnfsid) or not is_file,
+                pinned_until=pins.get(pnfsid),
+                is_file=is_file))
+        return Survey(now=self.clock.seconds(), pool_size=self.space.pool_size,
+                      copies=tuple(result))
+
+    def room_after_drops(self):
+        """Bytes a new file may use once every droppable copy is dropped.
+
+        None without a pool size.  This is the one answer to "would a write
+        of N bytes fit?": a copy on tape that is not busy and not pinned
+        counts as free space.
+        """
+        return then(self.survey(), lambda survey: survey.room_after_drops)
+
+    def make_room(self, need):
+        """Make sure need bytes fit: sweep if dropping makes them fit, else NoSpace."""
+        def judge(survey):
+            room = survey.room_after_drops
+            if room is None:
+                return None
+            if room < need:
+                raise NoSpace(RC_DISK_IO, "No space left on pool %s: %d bytes wanted, %d "
+                              "free after dropping every copy that is on tape"
+                              % (self.name, need, max(room, 0)), "ENOSPC")
+            if survey.free < need:
+                return self.sweeper.sweep(need)
+            return None
+        return then(self.survey(), judge)
+
+    def drop_copies(self, copies):
+        """Drop the disk copies of copies (sweeper victims), one after another.
+
+        A copy that became busy since the survey is left; failures are
+        logged and the rest go on.  A Deferred firing with the dropped Entries.
+        """
+        dropped = []
+
+        def one(_, copy):
+            d = defer.maybeDeferred(self._drop, copy.pnfsid, True)
+
+            def done(entry):
+                if entry is not None:
+                    dropped.append(entry)
+
+            def failed(failure):
+                log.warn("dropping {pnfsid} failed: {error}", pnfsid=copy.pnfsid,
+                         error=failure.getErrorMessage())
+            return d.addCallbacks(done, failed)
+
+        chain = defer.succeed(None)
+        for copy in copies:
+            chain.addCallback(one, copy)
+        return chain.addCallback(lambda _: dropped)
+
+    # -- pins -------------------------------------------------------------
+
+    def pin(self, entry, seconds):
+        """Keep entry's disk copy for seconds from now (a later pin wins)."""
+        until = self.clock.seconds() + seconds
+
+        def write():
+            current = self._read_pins().get(entry.pnfsid)
+            if current is not None and current >= until:
+                return current
+            path = os.path.join(self.pins_dir, entry.pnfsid)
+            temp = path + ".tmp"
+            with open(temp, "w") as f:
+                f.write("%r\n" % until)
+            os.rename(temp, path)
+            return until
+
+        def pinned(until):
+            log.info("pinned {path} ({pnfsid}) for {seconds}s", path=entry.path,
+                     pnfsid=entry.pnfsid, seconds=seconds)
+            return until
+
+        return then(self.workers.disk(write), pinned)
+
+    def pins(self):
+        """{pnfsid: pinned until (on the pool's clock)} of every pin, expired ones too."""
+        return self.workers.disk(self._read_pins)
+
+    def _read_pins(self):
+        pins = {}
+        for name in os.listdir(self.pins_dir):
+            if name.endswith(".tmp"):
+                continue
+            try:
+                with open(os.path.join(self.pins_dir, name)) as f:
+                    pins[name] = float(f.read().strip())
+            except (OSError, ValueError):
+                continue
+        return pins
+
+    def expire_pins(self, survey):
+        """Remove the pins of survey that have run out (disk worker)."""
+        gone = [pnfsid for pnfsid, until in self._pins_of(survey) if until <= survey.now]
+        if not gone:
+            return None
+
+        def remove():
+            for pnfsid in gone:
+                _unlink(os.path.join(self.pins_dir, pnfsid))
+        for pnfsid in gone:
+            log.info("pin of {pnfsid} expired", pnfsid=pnfsid)
+        return self.workers.disk(remove)
+
+    @staticmethod
+    def _pins_of(survey):
+        return [(c.pnfsid, c.pinned_until) for c in survey.copies if c.pinned_until is not None]
 
 
-def open_pool(root, hsm=None, name="pool1", fsync=True, workers=INLINE):
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def open_pool(root, hsm=None, name=DEFAULT_POOL_NAME, fsync=True, workers=INLINE, clock=None,
+              space=None):
     """The namespace and pool of the state directory root, as a Pool."""
     namespace = open_namespace(root)
     return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync,
-                workers=workers)
+                workers=workers, clock=clock, space=space)
 
 
 __all__ = ["Pool", "Upload", "open_pool"]

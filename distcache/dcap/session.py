@@ -59,8 +59,13 @@ class Session:
     _machine = MethodicalMachine()
 
     def __init__(self, door, sid: int, cid: int, command: str, path: str = "",
-                 tid: Optional[int] = None, answers: bool = True):
+                 tid: Optional[int] = None, answers: bool = True, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.door = door
+        self.clock = clock
+        #: When the session entered its current state (clock seconds), for `status`.
+        self.since = clock.seconds()
         self.sid = sid
         self.cid = cid
         self.command = command
@@ -120,6 +125,12 @@ class Session:
         """How an open or opendir ended, for the door's counters and transfer log."""
         if self.tid is not None:
             self.door.transfer_finished(self, result, error)
+
+    def status_text(self, uid: int, pid: str) -> str:
+        """What `status` says of this session, in dCache's form:
+        ``[sid][uid][pid] state(seconds in it)``."""
+        seconds = int(max(0.0, self.clock.seconds() - self.since))
+        return "[%d][%d][%s] %s(%d)" % (self.sid, uid, pid, self.state(), seconds)
 
     @_machine.serializer()
     def state(self, state):
@@ -191,6 +202,18 @@ class Session:
         "The control connection is gone (reason: client gone or door stopping)."
 
     # -- outputs ---------------------------------------------------------------
+
+    @_machine.output()
+    def _mark_stage(self, wait):
+        self.since = self.clock.seconds()
+
+    @_machine.output()
+    def _mark_ready(self, transfer, passive):
+        self.since = self.clock.seconds()
+
+    @_machine.output()
+    def _mark_connected(self):
+        self.since = self.clock.seconds()
 
     @_machine.output()
     def _hold(self, wait):
@@ -328,9 +351,9 @@ class Session:
     _live = (resolving, staging, awaiting_mover, transferring)
 
     resolving.upon(answered, enter=done, outputs=[_finish_watch, _forget])
-    resolving.upon(stage, enter=staging, outputs=[_hold])
+    resolving.upon(stage, enter=staging, outputs=[_mark_stage, _hold])
     for _s in (resolving, staging):
-        _s.upon(ready, enter=awaiting_mover, outputs=[_start_mover])
+        _s.upon(ready, enter=awaiting_mover, outputs=[_mark_ready, _start_mover])
     for _s in (staging, awaiting_mover, transferring, done):
         _s.upon(answered, enter=_s, outputs=[])
     for _s in (staging, awaiting_mover, transferring, done):
@@ -343,7 +366,7 @@ class Session:
         _s.upon(listening, enter=_s, outputs=[_stop_port])
 
     awaiting_mover.upon(mover_connected, enter=transferring,
-                        outputs=[_close_listener, _log_connected])
+                        outputs=[_mark_connected, _close_listener, _log_connected])
     for _s in (resolving, staging, transferring, done):
         _s.upon(mover_connected, enter=_s, outputs=[])
 

@@ -33,7 +33,7 @@ from distcache.dcap.errors import (
     NotFound,
     ReadOnly,
 )
-from distcache.dcap.names import ino_of, join_path, split_path
+from distcache.dcap.names import ino_of, join_path, pnfsid_of, split_path
 from distcache.dcap.namespace import ROOT, Access, Entry, INamespace, WriteTicket
 
 log = Logger()
@@ -202,6 +202,11 @@ class SQLiteNamespace:
         if row is None:
             raise NotFound(RC_FILE_NOT_FOUND, "No such file or directory", "ENOENT")
         return self._entry(row, self._path_of(row))
+
+    def tape_copies(self):
+        """{pnfsid: storage URI or None} of every file, in one query (the pool's survey)."""
+        return {pnfsid_of(ino): uri for ino, uri in
+                self._all("SELECT ino, tape_uri FROM inode WHERE type = 'f'")}
 
     def _path_of(self, row):
         names = []

@@ -176,3 +176,40 @@ def test_import_of_one_file_to_a_new_directory_or_name(root, tree):
     assert pool.namespace.lookup("/pnfs/new/a.txt", ROOT).size == 6
     assert pool.namespace.lookup("/pnfs/renamed", ROOT).size == 6
     pool.namespace.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_space_shows_use_against_the_marks_the_flush_queue_and_the_pins(root, tmp_path):
+    from distcache.dcap import space
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, size in (("a", 300), ("b", 200), ("c", 100)):
+        (src / name).write_bytes(b"x" * size)
+    code, out, err = yield dcap_admin(root, "import", str(src), "/d")
+    assert code == 0, err
+    code, out, err = yield dcap_admin(root, "space")
+    assert out.splitlines()[0] == "pool pool1: 600 bytes in 3 disk copies; no size limit (no sweeping)"
+    space.save_settings(root, space.SpaceSettings(pool_size=1000, high=0.5, low=0.25,
+                                                  flush_after=600.0))
+    assert (yield dcap_admin(root, "tape", "dir", str(tmp_path / "tape")))[0] == 0
+    assert (yield dcap_admin(root, "flush", "/d/a"))[0] == 0
+    pool = open_pool(root)
+    b = pool.namespace.lookup("/d/b", ROOT)
+    pool.pin(b, 3600)
+    pool.namespace.close()
+    code, out, err = yield dcap_admin(root, "space")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:4] == [
+        "pool pool1: 600 of 1000 bytes used (60.0%) in 3 disk copies",
+        "marks: high 50% = 500 bytes, low 25% = 250 bytes; above the high mark",
+        "droppable (on tape, not pinned): 300 bytes; free 400, free after drops 700",
+        "policy: size 1000 bytes, high 50% (500), low 25% (250); flush after 600s or above "
+        "the high mark",
+    ]
+    assert lines[4] == "flush queue: 2 files, 300 bytes"
+    assert [line.split()[-1] for line in lines[5:7]] == ["/d/b", "/d/c"]
+    assert lines[7] == "pins: 1"
+    assert lines[8].startswith("  %s          200" % b.pnfsid) and lines[8].endswith(
+        "s left  /d/b")
+    assert 3590 <= float(lines[8].split()[2].rstrip("s")) <= 3600

@@ -148,7 +148,7 @@ def test_check_and_stage(pool):
 def test_ping_status_and_unknown_commands(pool):
     c = Client(pool)
     assert c.ask("4 2 client ping") == "4 2 server pong"
-    assert c.ask("5 0 client status") == "5 0 client ok"
+    assert c.ask("5 0 client status") == '5 0 client failed 5 "Session ID 5 not found."'
     assert c.ask("6 0 client dance") == \
         "6 0 client failed 669 \"protocolViolation : Invalid command 'dance'\""
     assert c.ask('7 0 client stat "dcap://h/a%ff"') == \
@@ -438,3 +438,79 @@ def test_door_waits_for_a_store_that_answers_later(pool):
     c.transport.clear()
     clock.advance(1)
     assert c.transport.value().startswith(b"5 0 client connect ")
+
+
+def test_status_names_the_sessions_state_and_how_long_it_has_been_in_it(pool):
+    put(pool, "/f", b"hello")
+    c = Client(pool)
+    c.send(b'0 0 client hello 0 0 2 47 14 "" -uid=5 -pid=4242 -gid=0\n')
+    line = c.ask('2 0 client open "%s" r h 1 -uid=0' % url("/f"))
+    assert line.split()[3] == "connect"
+    c.factory.reactor.advance(3)
+    assert c.ask("2 9 client status") == '2 9 client ok  0 "[2][5][4242] awaiting_mover(3)"'
+    channel, transport, _, _ = data_channel_for(c, line)
+    assert c.ask("2 10 client status") == '2 10 client ok  0 "[2][5][4242] transferring(0)"'
+    c.transport.clear()
+    channel.dataReceived(mc.encode_close())
+    assert c.transport.value() == b"2 0 client ok\n"
+    assert c.ask("2 11 client status") == '2 11 client failed 5 "Session ID 2 not found."'
+
+
+def test_open_by_pnfsid_with_path_option(pool):
+    put(pool, "/pf", b"by id")
+    pnfsid = pool.namespace.lookup("/pf", ROOT).pnfsid
+    c = Client(pool)
+    line = c.ask('3 0 client open %s r h 1 -path=/mnt/d/f -uid=0' % pnfsid)
+    channel, transport, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_read(100) + mc.encode_close())
+    assert mc.DATA_HEADER + struct.pack(">i", 5) + b"by id" in transport.value()
+    assert c.transport.value() == b"3 0 client ok\n"
+    missing = "0" * 35 + "F"
+    assert c.ask('4 0 client open %s r h 1 -path=/x -uid=0' % missing) == \
+        '4 0 client failed 10001 "No such file or directory" ENOENT'
+
+
+@pytest.mark.parametrize("scheme", ["dcap", "gsidcap", "dcaps", "krb5dcap", "Xdcap"])
+def test_any_scheme_ending_in_dcap_names_the_door(pool, scheme):
+    put(pool, "/sf", b"x")
+    c = Client(pool)
+    reply = c.ask('1 0 client stat "%s://door.example.org:22125//sf" -uid=0' % scheme)
+    assert reply.startswith("1 0 client stat -st_size=1 "), reply
+
+
+def test_new_files_and_directories_without_mode_get_dcaches_defaults(pool):
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client mkdir "%s" -uid=0' % url("/nomode")) == "1 0 client ok"
+    assert pool.namespace.lookup("/nomode", ROOT).mode == 0o700
+    line = c.ask('2 0 client open "%s" w h 1 -uid=0' % url("/nomode/f"))
+    channel, transport, _, _ = data_channel_for(c, line)
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/nomode/f", ROOT)  # a new file appears at CLOSE
+    assert c.ask('3 0 client stat "%s" -uid=0' % url("/nomode/f")) == \
+        '3 0 client failed 10001 "No such file or directory" ENOENT'
+    channel.dataReceived(mc.encode_write() + mc.encode_data(b"x") + mc.encode_close())
+    assert pool.namespace.lookup("/nomode/f", ROOT).mode == 0o600
+    assert "-st_mode=-rw-------" in c.ask('4 0 client stat "%s" -uid=0' % url("/nomode/f"))
+
+
+def test_hsm_option_is_refused_by_a_pool_without_tape(pool):
+    put(pool, "/h", b"x")
+    c = Client(pool, access=Access.FULL)
+    assert c.ask('1 0 client open "%s" r h 1 -hsm=osm -uid=0' % url("/h")) == \
+        '1 0 client failed 105 "Hsm Support Not enabled"'
+    assert c.ask('2 0 client open "%s" w h 1 -hsm=osm -uid=0' % url("/hw")) == \
+        '2 0 client failed 105 "Hsm Support Not enabled"'
+
+
+def test_hsm_option_is_taken_by_a_pool_with_tape(tmp_path):
+    from twisted.internet.task import Clock
+    from distcache.dcap import hsm
+    tape = hsm.DirectoryTape(str(tmp_path / "tape"), Clock(), stage_delay=0, flush_delay=0)
+    p = open_pool(str(tmp_path / "root"), hsm=tape, fsync=False)
+    try:
+        put(p, "/h", b"x")
+        c = Client(p)
+        assert c.ask('1 0 client open "%s" r h 1 -hsm=osm -uid=0' % url("/h")).split()[3] == "connect"
+    finally:
+        p.namespace.close()

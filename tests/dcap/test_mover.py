@@ -10,10 +10,19 @@ from twisted.internet.testing import StringTransport
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import NotFound
-from distcache.dcap.mover import DataChannel, PassiveMoverFactory
+from distcache.dcap.mover import DataChannel
 from distcache.dcap.namespace import ROOT
 from distcache.dcap.transfer import Transfer
 from distcache.dcap.pool import open_pool
+from distcache.dcap.dataport import DataPort
+from distcache.dcap.mover import HELLO_TIMEOUT
+
+
+def passive_port(transfer, challenge, on_accept, clock=None, hello_timeout=HELLO_TIMEOUT):
+    """A data port on which transfer waits under challenge."""
+    port = DataPort(clock=clock, hello_timeout=hello_timeout)
+    port.expect(transfer, challenge, on_accept)
+    return port
 
 
 @pytest.fixture
@@ -219,7 +228,7 @@ def test_garbage_on_the_data_channel_fails_the_transfer(pool):
 def test_passive_factory_checks_sid_and_challenge_once():
     tr = read_transfer(b"hi", sid=9)
     accepted = []
-    factory = PassiveMoverFactory(tr, "s3cret", lambda: accepted.append(True))
+    factory = passive_port(tr, "s3cret", lambda: accepted.append(True))
     assert factory.verify(8, b"s3cret") is None
     assert factory.verify(9, b"s3cre") is None
     assert factory.verify(9, b"s3cret") is tr

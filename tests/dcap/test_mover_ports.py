@@ -11,9 +11,18 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from distcache.dcap import mover_codec as mc
 from distcache.dcap.doorpolicy import DoorPolicy
-from distcache.dcap.mover import PassiveMoverFactory, QuietPort, listen_for_mover
+from distcache.dcap.mover import QuietPort, listen_for_mover
 from distcache.dcap.transfer import Transfer
 from polling import poll_until
+from distcache.dcap.dataport import DataPort
+from distcache.dcap.mover import HELLO_TIMEOUT
+
+
+def passive_port(transfer, challenge, on_accept, clock=None, hello_timeout=HELLO_TIMEOUT):
+    """A data port on which transfer waits under challenge."""
+    port = DataPort(clock=clock, hello_timeout=hello_timeout)
+    port.expect(transfer, challenge, on_accept)
+    return port
 
 CHATTER = ("starting on", "Port", "Closed", "Starting factory", "Stopping factory")
 
@@ -43,7 +52,7 @@ def test_a_plain_port_chatters_and_a_mover_port_does_not():
 
         transfer = Transfer(3, source=io.BytesIO(b"hello"), size=5)
         accepted = []
-        factory = PassiveMoverFactory(transfer, "chal", lambda: accepted.append(True))
+        factory = passive_port(transfer, "chal", lambda: accepted.append(True))
         port = listen_for_mover(reactor, "127.0.0.1", factory)
         assert isinstance(port, QuietPort)
         client = socket.create_connection(("127.0.0.1", port.getHost().port))
@@ -62,20 +71,29 @@ def test_a_plain_port_chatters_and_a_mover_port_does_not():
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_door_policy_listens_through_the_quiet_port_and_frees_it():
+def test_the_door_policy_opens_one_quiet_data_port_and_closes_it_on_stop():
     from twisted.internet import reactor
     captured = Captured()
     globalLogPublisher.addObserver(captured)
     try:
         policy = DoorPolicy(clock=reactor)
-        transfer = Transfer(4, source=io.BytesIO(b""), size=0)
-        port = policy.listen(reactor, "127.0.0.1", PassiveMoverFactory(transfer, "c", lambda: None))
-        number = port.getHost().port
-        yield port.stopListening()
+        first = policy.expect_mover(reactor, "127.0.0.1", Transfer(4, source=io.BytesIO(b""), size=0),
+                                    "c1", lambda: None)
+        second = policy.expect_mover(reactor, "127.0.0.1", Transfer(5, source=io.BytesIO(b""), size=0),
+                                     "c2", lambda: None)
+        number = first.getHost().port
+        assert second.getHost().port == number
+        first.stopListening()
+        second.stopListening()
+        listener = policy.data_ports["127.0.0.1"].listener
+        policy.stop()
+        yield poll_until(lambda: not listener.connected, reactor=reactor)
         probe = socket.socket()
         probe.bind(("127.0.0.1", number))  # the port is really closed
         probe.close()
         assert captured.chatter() == []
+        assert sum("data port listening on 127.0.0.1:%d" % number in line
+                   for line in captured.lines) == 1
     finally:
         globalLogPublisher.removeObserver(captured)
 

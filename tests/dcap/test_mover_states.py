@@ -12,10 +12,18 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from distcache.dcap import mover_codec as mc
-from distcache.dcap.mover import EVENTS, HANDLERS, HELLO_TIMEOUT, ChannelState, DataChannel, PassiveMoverFactory
+from distcache.dcap.mover import EVENTS, HANDLERS, HELLO_TIMEOUT, ChannelState, DataChannel
 from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 from distcache.dcap.transfer import Transfer
+from distcache.dcap.dataport import DataPort
+
+
+def passive_port(transfer, challenge, on_accept, clock=None, hello_timeout=HELLO_TIMEOUT):
+    """A data port on which transfer waits under challenge."""
+    port = DataPort(clock=clock, hello_timeout=hello_timeout)
+    port.expect(transfer, challenge, on_accept)
+    return port
 
 S = ChannelState
 
@@ -102,7 +110,7 @@ def channel_in(state, pool):
     transfer.outcome.addErrback(lambda f: None)
     transport = PausingTransport()
     if state is S.AWAITING_HELLO:
-        factory = PassiveMoverFactory(transfer, "chal", lambda: None, clock=Clock())
+        factory = passive_port(transfer, "chal", lambda: None, clock=Clock())
         channel = factory.buildProtocol(None)
         channel.makeConnection(transport)
         return channel, transport, transfer
@@ -167,7 +175,7 @@ def test_requests_pipelined_behind_a_streaming_read_wait_for_it(pool):
 def test_a_connection_without_a_hello_is_dropped_after_the_timeout():
     clock = Clock()
     transfer = Transfer(4, source=io.BytesIO(b"data"), size=4)
-    factory = PassiveMoverFactory(transfer, "chal", lambda: None, clock=clock, hello_timeout=3)
+    factory = passive_port(transfer, "chal", lambda: None, clock=clock, hello_timeout=3)
     channel = factory.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -179,19 +187,19 @@ def test_a_connection_without_a_hello_is_dropped_after_the_timeout():
     assert channel.state is S.CLOSED
     assert not transfer.ended  # the right client may still come
     channel.dataReceived(mc.encode_hello(4, b"chal")[6:])
-    assert not factory.accepted
+    assert factory.waiting_movers == 1
 
 
 def test_a_timely_hello_cancels_the_timer():
     clock = Clock()
     transfer = Transfer(4, source=io.BytesIO(b"data"), size=4)
-    factory = PassiveMoverFactory(transfer, "chal", lambda: None, clock=clock)
+    factory = passive_port(transfer, "chal", lambda: None, clock=clock)
     channel = factory.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
     clock.advance(HELLO_TIMEOUT - 1)
     channel.dataReceived(mc.encode_hello(4, b"chal"))
-    assert channel.state is S.IDLE and factory.accepted
+    assert channel.state is S.IDLE and factory.waiting_movers == 0
     assert clock.getDelayedCalls() == []
     clock.advance(HELLO_TIMEOUT)
     assert not transport.disconnected
@@ -200,7 +208,7 @@ def test_a_timely_hello_cancels_the_timer():
 def test_a_connection_lost_while_waiting_for_its_hello_leaves_no_timer():
     clock = Clock()
     transfer = Transfer(4, source=io.BytesIO(b"data"), size=4)
-    channel = PassiveMoverFactory(transfer, "chal", lambda: None, clock=clock).buildProtocol(None)
+    channel = passive_port(transfer, "chal", lambda: None, clock=clock).buildProtocol(None)
     channel.makeConnection(StringTransport())
     channel.connectionLost(None)
     assert clock.getDelayedCalls() == []

@@ -10,7 +10,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.policy import KiB, MiB, TransferBuffers, resolve_policy
-from distcache.dcap.configsource import Setting
+from distcache.dcap.configsource import ConfigError, Setting
+from distcache.dcap.transfer import Transfer
 from distcache.dcap.poollist import parse_poollist
 from distcache.dcap.portrange import PortRangeExhausted
 
@@ -33,26 +34,58 @@ class BusyReactor(MemoryReactor):
         return super().listenTCP(port, factory, backlog, interface)
 
 
-def test_listen_stays_in_range_and_releases_on_stop():
+def expect(door, reactor, interface, sid, challenge="c"):
+    return door.expect_mover(reactor, interface, Transfer(sid), challenge + str(sid), lambda: None)
+
+
+def test_the_data_port_is_the_first_free_port_of_the_range_and_shared():
     door = DoorPolicy(policy(portrange="40000:40002"), Clock())
     reactor = BusyReactor(busy={40000})
-    first = door.listen(reactor, "127.0.0.1", object())
-    second = door.listen(reactor, "127.0.0.1", object())
-    assert (first.number, second.number) == (40001, 40002)
-    assert [t[0] for t in reactor.tcpServers] == [40001, 40002]
+    waiting = [expect(door, reactor, "127.0.0.1", sid) for sid in range(1, 100)]
+    assert {w.getHost().port for w in waiting} == {40001}
+    assert [t[0] for t in reactor.tcpServers] == [40001]
+    assert door.data_ports["127.0.0.1"].waiting_movers == 99
+    for w in waiting:
+        w.stopListening()
+        w.stopListening()  # a second withdrawal is harmless
+    assert door.data_ports["127.0.0.1"].waiting_movers == 0
+
+
+def test_a_range_with_no_free_port_fails_clearly():
+    door = DoorPolicy(policy(portrange="40000:40001"), Clock())
+    reactor = BusyReactor(busy={40000, 40001})
     with pytest.raises(PortRangeExhausted) as e:
-        door.listen(reactor, "127.0.0.1", object())
-    assert "40000:40002" in str(e.value)
-    first.stopListening()
-    first.stopListening()  # a second stop releases nothing twice
-    assert door.listen(reactor, "127.0.0.1", object()).number == 40001
+        expect(door, reactor, "127.0.0.1", 1)
+    assert "40000:40001" in str(e.value)
 
 
-def test_without_range_the_system_chooses():
+def test_data_port_option_binds_exactly_that_port():
+    door = DoorPolicy(policy(portrange="40000:40009", dataport="40005"), Clock())
+    reactor = MemoryReactor()
+    assert expect(door, reactor, "", 1).getHost().port == 40005
+    assert [t[0] for t in reactor.tcpServers] == [40005]
+    busy = DoorPolicy(policy(dataport="40005"), Clock())
+    with pytest.raises(PortRangeExhausted):
+        expect(busy, BusyReactor(busy={40005}), "", 1)
+
+
+def test_data_port_outside_the_range_is_refused():
+    with pytest.raises(ConfigError) as e:
+        policy(portrange="40000:40009", dataport="41000")
+    assert "dataport" in str(e.value)
+    with pytest.raises(ConfigError):
+        policy(dataport="0")
+
+
+def test_without_range_the_system_chooses_and_stop_closes_it():
     door = DoorPolicy(policy(), Clock())
     reactor = MemoryReactor()
-    door.listen(reactor, "", object())
+    expect(door, reactor, "", 1)
     assert reactor.tcpServers[0][0] == 0
+    door.stop()
+    assert door.data_ports == {}
+    expect(door, reactor, "", 2)  # a door started again listens again
+    assert len(reactor.tcpServers) == 2
 
 
 def test_buffers_for_open_use_the_pools_limits():

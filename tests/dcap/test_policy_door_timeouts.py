@@ -153,16 +153,18 @@ def test_without_keep_alive_the_open_waits(pool, reactor):
     assert lines(ctl)[0].startswith("1 0 client connect ")
 
 
-def test_open_waiting_for_its_client_fails_and_frees_the_port(pool, reactor):
+def test_open_waiting_for_its_client_fails_and_withdraws_its_challenge(pool, reactor):
     put(pool, reactor, "/d")
     door = Door(pool, reactor, openTimeout=2, keepAlive=1, portrange="40000:40000")
     proto, ctl = door.client()
     send(proto, open_line(1, "/d"))
     assert lines(ctl)[0].startswith("1 0 client connect 10.0.0.1 40000 ")
-    assert door.factory.policy.ports.in_use == {40000}
+    data_port = door.factory.policy.data_ports["10.0.0.1"]
+    assert data_port.waiting_movers == 1
     door.advance(2)
     assert lines(ctl) == ["1 0 " + TIMEOUT_REPLY]
-    assert door.factory.policy.ports.in_use == frozenset()
+    assert data_port.waiting_movers == 0
+    assert door.factory.policy.ports.in_use == {40000}  # the data port stays for the next open
 
 
 def test_read_flowing_at_the_deadline_is_cut_without_a_reply(pool, reactor):
@@ -199,7 +201,7 @@ def test_write_flowing_at_the_deadline_is_not_cut(pool, reactor):
 
 # -- passive port range ----------------------------------------------------------
 
-def test_exhausted_range_fails_that_open_and_skips_busy_ports(pool, reactor):
+def test_the_data_port_skips_busy_ports_and_every_open_shares_it(pool, reactor):
     put(pool, reactor, "/d")
     reactor.busy.add(40000)
     door = Door(pool, reactor, portrange="40000:40001")
@@ -208,11 +210,20 @@ def test_exhausted_range_fails_that_open_and_skips_busy_ports(pool, reactor):
     assert lines(ctl1)[0].startswith("1 0 client connect 10.0.0.1 40001 ")
     second, ctl2 = door.client()
     send(second, open_line(1, "/d"))
-    assert lines(ctl2) == ['1 0 client failed 5 "cannot open a data port: '
-                           'no free data port in the passive port range 40000:40001"']
-    first.connectionLost(None)  # its mover ends with its control connection
-    send(second, open_line(2, "/d"))
-    assert lines(ctl2)[0].startswith("2 0 client connect 10.0.0.1 40001 ")
+    assert lines(ctl2)[0].startswith("1 0 client connect 10.0.0.1 40001 ")
+
+
+def test_a_range_without_a_free_port_fails_the_open_clearly(pool, reactor):
+    put(pool, reactor, "/d")
+    reactor.busy.update({40000, 40001})
+    door = Door(pool, reactor, portrange="40000:40001")
+    proto, ctl = door.client()
+    send(proto, open_line(1, "/d"))
+    assert lines(ctl) == ['1 0 client failed 5 "cannot open a data port: '
+                          'no free data port in the passive port range 40000:40001"']
+    reactor.busy.discard(40001)  # the port comes free: the next open gets it
+    send(proto, open_line(2, "/d"))
+    assert lines(ctl)[0].startswith("2 0 client connect 10.0.0.1 40001 ")
 
 
 # -- check -------------------------------------------------------------------------

@@ -224,3 +224,25 @@ def test_requests_without_a_transfer_id_tell_no_outcome():
     session = Session(door, 4, 0, "stat", "/f")
     session.failed(TransferError(5, "it broke"))
     assert session.state() == "done" and door.outcomes == []
+
+
+def test_status_text_follows_the_state_and_the_time_in_it():
+    clock = MemoryReactorClock()
+    door = Door()
+    session = Session(door, 4, 0, "open", "/f", tid=1, clock=clock)
+    clock.advance(2)
+    assert session.status_text(7, "99") == "[4][7][99] resolving(2)"
+    wait = defer.Deferred()
+    wait.addErrback(lambda f: None)
+    session.stage(wait)
+    assert session.status_text(7, "99") == "[4][7][99] staging(0)"
+    clock.advance(5)
+    t = Transfer(4, source=BytesIO(b"x"), size=1)
+    t.outcome.addErrback(lambda f: None)
+    session.ready(t, True)
+    assert session.status_text(7, "99") == "[4][7][99] awaiting_mover(0)"
+    clock.advance(1.5)
+    assert session.status_text(7, "99") == "[4][7][99] awaiting_mover(1)"
+    session.mover_connected()
+    assert session.status_text(7, "99") == "[4][7][99] transferring(0)"
+    session.control_lost("client gone")
