@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -125,11 +124,6 @@ class LoadClient:
         return out
 
 
-@pytest.mark.skipif(
-    sys.implementation.name == "pypy",
-    reason="on PyPy 3.9 (asyncio of Python 3.9, redis-py 7.0.1) the second dc_server's Redis "
-           "store fails about every other run here with 'Future attached to a different loop' "
-           "and answers misses for a moment")
 @pytest_twisted.inlineCallbacks
 def test_a_killed_first_server_fails_over_to_the_second_and_back_under_load():
     from twisted.internet import reactor
