@@ -4,6 +4,7 @@ the Makefile gives PyPy its own environment and constraints."""
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,32 @@ def test_make_keeps_cpython_in_venv_without_constraints():
     assert "constraints-pypy.txt" not in commands
     assert ".venv/bin/python -m pytest" in commands
 
+
+
+ASYNCIO_BEFORE_RUN = r'''
+import asyncio
+from distcache.store_redis import use_asyncio_reactor
+use_asyncio_reactor()
+from twisted.internet import reactor
+lock = asyncio.Lock()  # made before the reactor runs, as redis-py's connection pool does
+
+async def hold():
+    async with lock:
+        await asyncio.sleep(0.01)
+
+def contend():
+    done = asyncio.ensure_future(asyncio.gather(hold(), hold()))
+    done.add_done_callback(lambda f: (print(repr(f.exception())), reactor.stop()))
+
+reactor.callWhenRunning(contend)
+reactor.callLater(10, reactor.stop)
+reactor.run()
+'''
+
+
+def test_asyncio_objects_made_before_the_reactor_runs_belong_to_its_loop():
+    """Python 3.9 (PyPy's) binds a lock to the current loop when it is made: that must be
+    the reactor's, or a contended lock fails with 'attached to a different loop'."""
+    out = subprocess.run([sys.executable, "-c", ASYNCIO_BEFORE_RUN], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "None", out.stdout + out.stderr
