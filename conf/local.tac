@@ -3,8 +3,9 @@
 # Everything lives under ./var of the directory it is started from:
 #   dc_server  on UNIX:var/dc_server.sock (its activity line goes to the log)
 #   dc_client  on UNIX:var/scache, sharing one connection to that dc_server
-#   dcap-door  on 127.0.0.1:22125, namespace and pool in var/dcap, anonymous clients
-#              may write and overwrite (the door is reachable from this machine only);
+#   dcap-door  on 127.0.0.1:22125, namespace and pool in var/dcap, clients may write and
+#              overwrite, and the uid/gid that local clients send are believed
+#              (--trust-client-uid 127.0.0.0/8: the door is reachable from this machine only);
 #              /pnfs/local/tmp exists and anyone may write there (conf/try-local.sh)
 # DCAP_LISTEN overrides the door's address (e.g. tcp:22126:interface=127.0.0.1).
 import io
@@ -49,6 +50,7 @@ for part in (
     plugin(client_tap, "--listen", "UNIX:var/scache", "--server", "UNIX:var/dc_server.sock",
            "--retry", "1000"),
     plugin(dcap_tap, "--listen", os.environ.get("DCAP_LISTEN", "tcp:22125:interface=127.0.0.1"),
-           "--root", DCAP_ROOT, "--anonymous-access", "FULL", "--allow-truncate"),
+           "--root", DCAP_ROOT, "--anonymous-access", "FULL", "--allow-truncate",
+           "--trust-client-uid", "127.0.0.0/8,::1/128"),
 ):
     part.setServiceParent(application)

@@ -5,6 +5,7 @@ and listening endpoint when it starts, so it can be pickled into a tap file.
 """
 
 import os
+import socket
 
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
@@ -14,14 +15,20 @@ from twisted.python import usage
 from distcache import address
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
-from distcache.listening import Listener
+from distcache.listening import ConnectionLimits, Listener, parse_limit
+from distcache.startup import StartupError
 from distcache.metrics import DoorCollector, metrics_listener, registry_of
 from distcache.dcap.door import DoorFactory, host_port
-from distcache.dcap.doorconfig import DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_version_range
+from distcache.dcap.doorconfig import (
+    DEFAULT_MAX_LOGINS, DEFAULT_MAX_LOGINS_PER_PEER, DEFAULT_MAX_WAITING_OPENS,
+    DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
+    parse_version_range,
+)
 from distcache.dcap.doorpolicy import policy_summary, port_warning
 from distcache.dcap.namespace import Access
 from distcache.dcap.policy_options import PolicyOptions, policy_from_options
-from distcache.dcap.stateroot import default_root
+from distcache.dcap.stateroot import default_root, unwritable_state
+from distcache.dcap.trust import NetworkListError, parse_networks
 from distcache.dcap.transferlog import TransferLog
 from distcache.dcap.auth import PasswordFile, PasswordFileError
 from distcache.dcap.tunnel import tls_options
@@ -30,6 +37,8 @@ from distcache.mtls import CredentialsError
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:22125"
+#: The name of the door's one pool (policies and poollists name pools).
+POOL_NAME = "pool1"
 
 
 class Options(PolicyOptions):
@@ -47,11 +56,33 @@ class Options(PolicyOptions):
                                       "(tcp:22125) or IP:host:port."],
         ["root", "r", None, "State directory: namespace database and pool data "
                             "(default: $DCAP_ROOT, else var/dcap)."],
+        ["namespace", None, None, "The namespace: sqlite (the file under --root, the default) or a "
+                                  "postgresql:// URL that several door+pool nodes share."],
+        ["pool-name", None, "pool1", "This node's pool name; nodes sharing a PostgreSQL namespace "
+                                     "need different names."],
         ["anonymous-access", None, "READONLY", "What unauthenticated clients may do: NONE, READONLY or FULL."],
         ["connect-host", None, None, "Host name or address the door tells clients to connect to for data "
                                      "(for NAT); default: the address the client reached the door on."],
         ["client-version", None, None, "Accepted client versions, min[:max], e.g. 2.47:2.47.99; "
                                        "other clients are disconnected after hello."],
+        ["trust-client-uid", None, None,
+         "CIDR[,CIDR...]: networks whose clients' -uid/-gid are believed (as NFS believes "
+         "AUTH_SYS); every other client is the anonymous user, checked against the "
+         "\"other\" permission bits."],
+        ["allowed-subnets", None, None,
+         "CIDR[,CIDR...]: only peers in these networks may connect; others are refused "
+         "at connect (default: any peer)."],
+        ["max-logins", None, DEFAULT_MAX_LOGINS,
+         "Control connections the door holds at once (dCache's -maxLogin); more are closed "
+         "as they connect, logged once until the door is under the limit again (0: no limit)."],
+        ["max-logins-per-peer", None, DEFAULT_MAX_LOGINS_PER_PEER,
+         "Control connections the door holds at once from one IP address (0: no limit)."],
+        ["max-waiting-opens", None, DEFAULT_MAX_WAITING_OPENS,
+         "Opens one control connection may have waiting for their data connection; more "
+         "are refused (each holds an open file until its client connects).", int],
+        ["max-file-size", None, None,
+         "Largest file a client may write, in bytes or with K, M, G or T (10G); a write "
+         "announcing more (-alloc-size) is refused with ENOSPC (default: no limit)."],
         ["tls-cert", None, None, "PEM certificate (chain and key may follow): TLS on every control "
                                  "connection, as dcap's ssl tunnel speaks it."],
         ["tls-key", None, None, "PEM private key of --tls-cert (default: the --tls-cert file)."],
@@ -83,11 +114,31 @@ class Options(PolicyOptions):
             Access(self["anonymous-access"].upper())
         except ValueError:
             raise usage.UsageError("--anonymous-access must be NONE, READONLY or FULL")
+        from distcache.dcap.engines import check_spec
+        try:
+            check_spec(self["namespace"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         if self["client-version"]:
             try:
                 parse_version_range(self["client-version"])
             except ValueError:
                 raise usage.UsageError("--client-version must look like 2.47[:2.47.99]")
+        for name in ("trust-client-uid", "allowed-subnets"):
+            if self[name] is not None:
+                try:
+                    parse_networks(self[name])
+                except NetworkListError as e:
+                    raise usage.UsageError("--%s: %s" % (name, e))
+        if self["max-file-size"] is not None:
+            try:
+                parse_size(self["max-file-size"])
+            except ValueError as e:
+                raise usage.UsageError("--max-file-size: %s" % (e,))
+        for name in ("max-logins", "max-logins-per-peer"):
+            self[name] = parse_limit(name, self[name])
+        if self["max-waiting-opens"] < 1:
+            raise usage.UsageError("--max-waiting-opens must be at least 1")
         if self["metrics"] is not None:
             try:
                 address.parse(self["metrics"])
@@ -135,6 +186,13 @@ def door_config(options) -> DoorConfig:
         client_version_min=low,
         client_version_max=high,
         shutdown_grace=float(options["shutdown-grace"]),
+        trust_client_uid=_networks(options.get("trust-client-uid")),
+        allowed_subnets=_networks(options.get("allowed-subnets")),
+        max_waiting_opens=int(options.get("max-waiting-opens", DEFAULT_MAX_WAITING_OPENS)),
+        max_logins=int(options.get("max-logins", DEFAULT_MAX_LOGINS)),
+        max_logins_per_peer=int(options.get("max-logins-per-peer", DEFAULT_MAX_LOGINS_PER_PEER)),
+        max_file_size=parse_size(options["max-file-size"]) if options.get("max-file-size")
+        else None,
         passwd=os.path.abspath(options["passwd"]) if options["passwd"] else None,
         tls_cert=os.path.abspath(options["tls-cert"]) if options["tls-cert"] else None,
         tls_key=os.path.abspath(options["tls-key"] or options["tls-cert"])
@@ -142,18 +200,31 @@ def door_config(options) -> DoorConfig:
     )
 
 
+def login_limits(config) -> ConnectionLimits:
+    """The door's --max-logins and --max-logins-per-peer as listener limits."""
+    return ConnectionLimits(config.max_logins, config.max_logins_per_peer,
+                            option="max-logins", per_peer_option="max-logins-per-peer")
+
+
+def _networks(text):
+    return parse_networks(text) if text else ()
+
+
 class DoorService(ConfiguredService):
     """Opens storage and the listening endpoint on start; pickles as config."""
 
     program = "dcap-door"
 
-    runtime = ("pool", "factory", "workers")
+    runtime = ("pool", "factory", "workers", "cluster")
 
     def __init__(self, listen, root, config, fsync=True, policy=None, reactor=None,
-                 metrics=None, transfer_log=None):
+                 metrics=None, transfer_log=None, namespace=None, pool_name="pool1"):
         super().__init__(reactor)
         self.metrics = metrics
         self.transfer_log = transfer_log
+        self.namespace = namespace
+        self.pool_name = pool_name
+        self.cluster = None
         self.listen = listen
         self.root = root
         self.config = config
@@ -167,6 +238,9 @@ class DoorService(ConfiguredService):
         state = dict(state)  # settings added since a tap was written take their defaults
         state.setdefault("metrics", None)
         state.setdefault("transfer_log", None)
+        state.setdefault("namespace", None)
+        state.setdefault("pool_name", "pool1")
+        state.setdefault("cluster", None)
         super().__setstate__(state)
 
     @property
@@ -178,24 +252,54 @@ class DoorService(ConfiguredService):
         return None
 
     def make_factory(self, reactor):
+        """The door's factory; its storage is attached when the service starts."""
+        self.factory = DoorFactory(None, self.config, reactor, policy=self.policy,
+                                   pool_name=self.pool_name)
+        return self.factory
+
+    def open_storage(self, reactor):
+        """Open (or create) the namespace and pool as the user the door runs as.
+
+        This runs in startService, after twistd's --uid/--gid (or a tac file's
+        Application(uid=, gid=)) has dropped privileges, so a new state directory
+        belongs to that user; one it could not write refuses the start.
+        """
         from distcache.dcap import hsm
-        from distcache.dcap.pool import DEFAULT_POOL_NAME, open_pool
+        from distcache.dcap.pool import open_pool
         from distcache.dcap.workers import INLINE, ThreadWorkers
         root = os.path.abspath(self.root)
+        why = unwritable_state(root)
+        if why is not None:
+            raise StartupError(why)
         # Not a child service: the threads must outlive the listeners and the sessions'
         # grace, so stopService stops them itself, after the sessions are gone.  A
         # reactor without threads (a test's memory reactor) gets storage work inline.
         self.workers = ThreadWorkers(reactor) if IReactorThreads.providedBy(reactor) else None
         from distcache.dcap import space
-        settings = (self.policy.space_for(DEFAULT_POOL_NAME) if self.policy is not None
+        settings = (self.policy.space_for(self.pool_name) if self.policy is not None
                     else space.SpaceSettings())
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=self.fsync,
-                              workers=self.workers or INLINE, clock=reactor, space=settings)
+                              workers=self.workers or INLINE, clock=reactor, space=settings,
+                              namespace=self.namespace, name=self.pool_name)
         space.save_settings(root, settings)  # what dcap-admin space compares use against
-        self.factory = DoorFactory(self.pool, self.config, reactor, policy=self.policy)
+        self.pool.sweep_orphans()  # before any client can start a write
+        self.factory.attach(self.pool)
         if self.transfer_log is not None:
             self.factory.transfer_log = TransferLog(self.transfer_log)
-        return self.factory
+
+    def _join_cluster(self, reactor):
+        """With a PostgreSQL namespace: register the pool and serve other doors' opens."""
+        from distcache.dcap.engines import is_postgres
+        if not is_postgres(self.namespace) or self.workers is None:
+            return
+        from distcache.dcap.cluster import Cluster
+        address = self.port.getHost()
+        host = self.config.connect_host or (
+            address.host if address.host not in ("0.0.0.0", "::") else socket.getfqdn())
+        self.cluster = Cluster(self.namespace, self.pool, self.factory, self.workers, reactor,
+                               host, address.port)
+        self.factory.cluster = self.cluster
+        self.cluster.start()
 
     def build(self, reactor):
         factory = self.make_factory(reactor)
@@ -203,21 +307,31 @@ class DoorService(ConfiguredService):
             factory = TLSMemoryBIOFactory(tls_options(self.config.tls_cert, self.config.tls_key),
                                           False, factory)
             factory.noisy = False
-        Listener(self.listen, factory, reactor=reactor).setServiceParent(self)
+        Listener(self.listen, factory, reactor=reactor,
+                 limits=login_limits(self.config)).setServiceParent(self)
         if self.metrics is not None:
             metrics_listener(self.metrics, registry_of(DoorCollector(self.factory)),
                              reactor=reactor).setServiceParent(self)
 
     def startService(self):
         self._ensure_built()
+        if self.pool is None:
+            self._starting(lambda: self.open_storage(self.reactor))
         if self.workers is not None and not self.workers.running:
             self.workers.startService()
         super().startService()
         self.factory.policy.start()
         self.pool.start_management()
+        self._join_cluster(self.reactor)
         host = self.port.getHost()
         log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
                  root=os.path.abspath(self.root))
+        log.info("DCAP door clients: {trust}{allowed}",
+                 trust=("uid/gid believed from " + ", ".join(self.config.trust_client_uid)
+                        + ", anonymous elsewhere") if self.config.trust_client_uid
+                 else "all anonymous (no --trust-client-uid)",
+                 allowed=("; connections only from " + ", ".join(self.config.allowed_subnets))
+                 if self.config.allowed_subnets else "")
         if self.config.tls_cert or self.config.passwd:
             log.info("DCAP door control connections: {tls}; logins: {logins}",
                      tls="TLS with " + self.config.tls_cert if self.config.tls_cert
@@ -249,7 +363,7 @@ class DoorService(ConfiguredService):
         storage worker threads, which are not a child service for that reason,
         stop after the sessions and before the namespace closes.
         """
-        factory, pool, workers = self.factory, self.pool, self.workers
+        factory, pool, workers, cluster = self.factory, self.pool, self.workers, self.cluster
         d = super().stopService()
         if factory is not None:
             d.addCallback(lambda _: factory.drain(factory.config.shutdown_grace))
@@ -260,6 +374,8 @@ class DoorService(ConfiguredService):
         def closed(_):
             if factory is not None:
                 factory.policy.stop()
+            if cluster is not None:
+                cluster.stop()
             stopping = workers.stopService() if workers is not None and workers.running else None
             if pool is not None:
                 pool.engine.close()  # the database worker has finished its queue
@@ -268,7 +384,7 @@ class DoorService(ConfiguredService):
             for child in list(self):
                 child.disownServiceParent()
             if self.factory is factory:
-                self.factory = self.pool = self.workers = None
+                self.factory = self.pool = self.workers = self.cluster = None
                 self.built = False
             log.info("DCAP door stopped")
             return stopping
@@ -280,4 +396,5 @@ class DoorService(ConfiguredService):
 def makeService(options):
     return DoorService(options["listen"], options["root"], door_config(options),
                        fsync=not options["no-fsync"], policy=options.get("policy"),
-                       metrics=options["metrics"], transfer_log=options["transfer-log"])
+                       metrics=options["metrics"], transfer_log=options["transfer-log"],
+                       namespace=options["namespace"], pool_name=options["pool-name"])

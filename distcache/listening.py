@@ -39,6 +39,9 @@ class ConnectionLimits(NamedTuple):
 
     total: int = 0
     per_peer: int = 0
+    #: the options that set them, as the log names them
+    option: str = "max-connections"
+    per_peer_option: str = "max-connections-per-peer"
 
 
 #: no limit at all: what a listener gets unless its tool gives it one
@@ -123,9 +126,9 @@ class LimitedFactory:
         if self._episode_refused is None:
             self._episode_refused = 0
             self.log.warn(
-                "{name}: {count} connections, the most allowed (--max-connections); "
+                "{name}: {count} connections, the most allowed (--{option}); "
                 "refusing new connections until some close",
-                name=self.name, count=self.connections)
+                name=self.name, count=self.connections, option=self.limits.option)
         self._episode_refused += 1
         return _Refused()
 
@@ -135,8 +138,9 @@ class LimitedFactory:
             self._peer_refused[host] = 0
             self._warnings["peers at their connection limit"].warn(
                 "{name}: {peer} has {count} connections, the most allowed from one address "
-                "(--max-connections-per-peer); refusing its new connections until some close",
-                name=self.name, peer=host, count=self._per_peer[host])
+                "(--{option}); refusing its new connections until some close",
+                name=self.name, peer=host, count=self._per_peer[host],
+                option=self.limits.per_peer_option)
         self._peer_refused[host] += 1
         return _Refused()
 
@@ -260,7 +264,7 @@ class Listener(Service):
                                    f"exist; create it or choose another --listen")
             address.clear_stale_socket(addr.path)
         factory = self.factory
-        if self.limits != UNLIMITED:
+        if self.limits.total or self.limits.per_peer:
             factory = self.limited = LimitedFactory(self.factory, self.limits, reactor,
                                                     name=str(addr))
         results = []

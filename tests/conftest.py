@@ -27,3 +27,22 @@ def sockdir():
     path = short_socket_dir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL cluster for the whole run, or a skip saying what is missing."""
+    import pg_support
+
+    reason = pg_support.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = pg_support.PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server):
+    """The URL of an empty database of its own on the shared PostgreSQL server."""
+    return postgres_server.fresh_database()

@@ -15,7 +15,7 @@ import sys
 from twisted.internet import defer, task
 
 from distcache.version import version_line
-from distcache.dcap import hsm, space
+from distcache.dcap import engines, hsm, space
 from distcache.dcap.auth import PLUGIN_LIMIT, PasswordFile, PasswordFileError, check_user_name
 from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import (
@@ -58,6 +58,9 @@ def build_parser():
                         help="the door's state directory (default: $%s, else var/dcap "
                              "if it exists here)" % ROOT_ENV)
     parser.add_argument("--version", action="version", version=version_line("dcap-admin"))
+    parser.add_argument("--namespace", default=None, metavar="sqlite|URL",
+                        help="the namespace: sqlite (the file in --root, the default) or the "
+                             "postgresql:// URL the doors share")
     parser.add_argument("--no-fsync", action="store_true",
                         help="do not fsync imported data (faster, less durable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -67,6 +70,13 @@ def build_parser():
     p.add_argument("dest", nargs="?", default="/")
     p.add_argument("--owner", type=_owner, help="UID[:GID] instead of the files' own")
     p.add_argument("--replace", action="store_true", help="replace existing files")
+
+    p = sub.add_parser("copy-namespace",
+                       help="copy a whole namespace between engines, pnfs ids kept")
+    p.add_argument("source", metavar="FROM", help="sqlite (the file in --root) or a postgresql:// URL")
+    p.add_argument("target", metavar="TO", help="sqlite or a postgresql:// URL")
+    p.add_argument("--replace", action="store_true",
+                   help="drop what the target holds (otherwise it must be empty)")
 
     p = sub.add_parser("ls", help="list a directory (or show a file)")
     p.add_argument("path", nargs="?", default="/")
@@ -186,12 +196,12 @@ def _pct(fraction):
 class Admin:
     """The commands, over one opened pool; tape commands return Deferreds."""
 
-    def __init__(self, root, reactor, out, err, fsync=True):
+    def __init__(self, root, reactor, out, err, fsync=True, namespace=None):
         self.root = root
         self.out = out
         self.err = err
         self.pool = open_pool(root, hsm=hsm.load_config(root, reactor), fsync=fsync,
-                              space=space.load_settings(root))
+                              space=space.load_settings(root), namespace=namespace)
         self.ns = self.pool.namespace
         self.failures = 0
 
@@ -459,9 +469,12 @@ def run(argv, reactor, out=None, err=None, stdin=None):
     except NoStateDirectory as e:
         err.write("dcap-admin: %s\n" % e)
         return 2
+    if args.command == "copy-namespace":
+        return copy_namespaces(root, args.source, args.target, args.replace, out, err)
     try:
-        admin = Admin(root, reactor, out, err, fsync=not args.no_fsync)
-    except (OSError, ValueError) as e:
+        admin = Admin(root, reactor, out, err, fsync=not args.no_fsync,
+                      namespace=args.namespace)
+    except (OSError, ValueError, DcapError) as e:
         err.write("dcap-admin: %s\n" % e)
         return 1
     try:
@@ -493,6 +506,31 @@ def run(argv, reactor, out=None, err=None, stdin=None):
     finally:
         admin.ns.close()
     return 1 if admin.failures else 0
+
+
+def copy_namespaces(root, source, target, replace, out, err):
+    """dcap-admin copy-namespace: every entry from one engine to another; exit status."""
+    if source == target:
+        err.write("dcap-admin: copy-namespace needs two different namespaces\n")
+        return 2
+    opened = []
+    try:
+        for spec in (source, target):
+            opened.append(engines.open_engine(spec, root))
+        count = engines.copy_namespace(opened[0], opened[1], replace=replace)
+    except (OSError, ValueError, DcapError) as e:
+        err.write("dcap-admin: %s\n" % e)
+        return 1
+    finally:
+        for engine in opened:
+            engine.close()
+    out.write("copied %d entries from %s to %s\n" % (count, _shown(source), _shown(target)))
+    return 0
+
+
+def _shown(spec):
+    """A namespace for the report: sqlite, or the URL without user and password."""
+    return spec if not engines.is_postgres(spec) else spec.split("@")[-1]
 
 
 def main(argv=None):

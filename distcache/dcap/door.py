@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections import OrderedDict
 from io import BytesIO
 from typing import Dict, Optional, Set
 
@@ -33,7 +34,8 @@ from distcache.dcap.control import BadURL, ProtocolError, Request
 from distcache.dcap.doorconfig import DoorConfig, parse_version_range  # noqa: F401 (re-exported)
 from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.errors import (
-    RC_BAD_COMMAND, RC_HSM_NOT_ENABLED, RC_INTERNAL, RC_INVALID_ARGS, RC_NOT_CACHED, RC_NOT_REGULAR,
+    RC_BAD_COMMAND, RC_DISK_IO, RC_HSM_NOT_ENABLED, RC_INTERNAL, RC_INVALID_ARGS,
+    RC_NOT_CACHED, RC_NOT_REGULAR,
     DcapError, TransferError,
 )
 from distcache.dcap.portrange import PortRangeExhausted
@@ -41,6 +43,7 @@ from distcache.dcap.mover import DataChannel, connect_to_client, new_challenge
 from distcache.dcap.transfer import Transfer
 from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
+from distcache.dcap.trust import in_networks, subject_for
 from distcache.dcap.tunnel import LoginGate
 from distcache.dcap.workers import INLINE
 
@@ -67,6 +70,10 @@ class DoorProtocol(LineOnlyReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = 65536
+    #: Failed writes a connection remembers for the client's clean-up unlink.
+    FAILED_WRITES_KEPT = 16
+    #: Seconds after a failed write during which unlinks of its path are its clean-up.
+    CLEANUP_WINDOW = 30.0
 
     def __init__(self):
         self.sessions: Dict[int, Session] = {}
@@ -77,6 +84,12 @@ class DoorProtocol(LineOnlyReceiver):
         self.closed = False
         self.stopping = False  # the door told this client it shuts down
         self.peer = "?"
+        #: Whether this client's claimed uid/gid are believed (--trust-client-uid).
+        self.trusted = False
+        #: Paths whose write failed on this connection -> (transfer id, when); see do_unlink.
+        self.failed_writes: "OrderedDict[str, tuple]" = OrderedDict()
+        #: Whether the waiting-opens limit was logged since this client last was under it.
+        self.waiting_logged = False
         self.account: Optional[Account] = None  # who logged in through the ssl tunnel
         self.gate: Optional[LoginGate] = None
 
@@ -85,16 +98,27 @@ class DoorProtocol(LineOnlyReceiver):
         return self.factory.config
 
     def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = host_port(peer)
+        host = getattr(peer, "host", None)
+        allowed = self.config.allowed_subnets
+        if allowed and not in_networks(host, allowed):
+            log.warn("control connection from {peer} refused: not in --allowed-subnets",
+                     peer=self.peer)
+            self.closed = True
+            self.transport.abortConnection()
+            return
+        self.trusted = in_networks(host, self.config.trust_client_uid)
         # Replies are single short lines that the client waits for: without
         # TCP_NODELAY the last of an exchange (the open's final ok) waits on the
         # client's delayed ACK, 40 ms a small file.
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
-        self.peer = host_port(self.transport.getPeer())
         self.factory.connections.add(self)
         secure = ISSLTransport.providedBy(self.transport)
-        log.info("control connection from {peer}{tls}", peer=self.peer,
-                 tls=" (TLS)" if secure else "")
+        log.info("control connection from {peer}{tls}{trust}", peer=self.peer,
+                 tls=" (TLS)" if secure else "",
+                 trust=" (client uid trusted)" if self.trusted else "")
         self.gate = LoginGate(secure, self.factory.check_password, self._line, self._logged_in,
                               self._login_refused, self._close, self.factory.reactor)
 
@@ -156,6 +180,11 @@ class DoorProtocol(LineOnlyReceiver):
     def session_ended(self, session: Session):
         """A session is done: its id may be used again."""
         self.sessions.pop(session.sid, None)
+        if session.failed_write():
+            self.failed_writes.pop(session.path, None)
+            self.failed_writes[session.path] = (session.tid, self.factory.reactor.seconds())
+            while len(self.failed_writes) > self.FAILED_WRITES_KEPT:
+                self.failed_writes.popitem(last=False)
         self.factory.session_ended()
 
     def transfer_finished(self, session: Session, result: str, error=None):
@@ -209,11 +238,11 @@ class DoorProtocol(LineOnlyReceiver):
         self.send(control.failed(r.sid, r.cid, rc, message, posix))
 
     def subject(self, r: Request) -> Subject:
-        if self.account is not None:  # a logged-in user's own ids, whatever the client says
-            return self.account.subject()
+        """Who the request acts as (see trust.subject_for)."""
         uid = r.int_option("uid", self.uid)
         gid = r.int_option("gid", self.gid)
-        return Subject(uid, gid, self.config.access)
+        verified = self.account.subject() if self.account is not None else None
+        return subject_for(self.config.access, self.trusted, uid, gid, verified)
 
     def path(self, r: Request, index: int = 0) -> str:
         if len(r.args) <= index:
@@ -276,7 +305,29 @@ class DoorProtocol(LineOnlyReceiver):
         return self._ok_after(self.factory.namespace.rmdir(self.path(r), self.subject(r)), r)
 
     def do_unlink(self, r: Request):
-        return self._ok_after(self.factory.pool.unlink(self.path(r), self.subject(r)), r)
+        """Remove a file, except as the clean-up of a write that just failed here.
+
+        After a failed write dccp unlinks its destination (twice: after the
+        close fails and again as it gives up), to remove a partial file.
+        Here a failed write leaves nothing: its upload is discarded and the
+        earlier version kept.  So an unlink of a path whose write failed on
+        the same control connection less than CLEANUP_WINDOW seconds ago
+        removes what that write left, which is nothing, and answers ok.  A
+        new open of the path on the connection ends that window; an unlink
+        after it, or on another connection, removes the file.
+        """
+        path = self.path(r)
+        failed = self.failed_writes.get(path)
+        if failed is not None:
+            tid, when = failed
+            if self.factory.reactor.seconds() - when <= self.CLEANUP_WINDOW:
+                log.info("unlink {path} after its failed write (transfer {tid}) from {peer}: "
+                         "nothing to remove, the earlier version is kept", path=path, tid=tid,
+                         peer=self.peer)
+                self._ok(r)
+                return None
+            del self.failed_writes[path]
+        return self._ok_after(self.factory.pool.unlink(path, self.subject(r)), r)
 
     def do_chmod(self, r: Request):
         mode = control.decode_mode(r.option("mode"), -1)
@@ -363,6 +414,24 @@ class DoorProtocol(LineOnlyReceiver):
 
     # -- transfers -------------------------------------------------------
 
+    def waiting_opens(self) -> int:
+        """Opens and opendirs of this connection whose data connection is not up yet."""
+        return sum(1 for s in self.sessions.values() if s.tid is not None and s.waiting())
+
+    def _admit_open(self):
+        """Refuse an open beyond --max-waiting-opens (each holds an open file and a wait)."""
+        limit = self.config.max_waiting_opens
+        if self.waiting_opens() < limit:
+            self.waiting_logged = False
+            return
+        if not self.waiting_logged:
+            self.waiting_logged = True
+            log.warn("client {peer} has {n} opens waiting for their data connection "
+                     "(--max-waiting-opens); refusing more until some connect",
+                     peer=self.peer, n=limit)
+        raise DcapError(RC_INTERNAL, "Too many opens waiting for their data connection (%d)"
+                        % (limit,), "EMFILE")
+
     def do_open(self, r: Request):
         by_id = bool(r.args) and control.is_pnfsid(r.args[0])
         # An open by pnfs id (libdcap resolving names through a mount) names
@@ -372,10 +441,14 @@ class DoorProtocol(LineOnlyReceiver):
             raise DcapError(RC_INVALID_ARGS, "open needs a mode of r, w or rw", "EINVAL")
         if self.factory.stopping:
             raise DcapError(RC_INTERNAL, "Door is shutting down")
+        self._admit_open()
         if "hsm" in r.options and getattr(self.factory.pool, "hsm", None) is None:
             # an open that names an HSM needs a pool with tape behind it
             raise DcapError(RC_HSM_NOT_ENABLED, "Hsm Support Not enabled")
         mode = r.args[1]
+        self.failed_writes.pop(path, None)  # a new open of the path ends the clean-up window
+        if mode != "r":
+            self._admit_size(r)
         subject = self.subject(r)
         pool = self.factory.pool
         namespace = self.factory.namespace
@@ -395,12 +468,25 @@ class DoorProtocol(LineOnlyReceiver):
                 return lambda: step(path)
             return lambda: _then(namespace.get(r.args[0]), lambda entry: step(entry.path))
 
+        cluster = self.factory.cluster
         if mode == "r":
-            session.follow(resolved(lambda p: namespace.open_read(p, subject)),
-                           lambda entry: self._readable(session, entry, passive))
+            def readable(entry):
+                if cluster is not None and not cluster.is_local(entry.pool):
+                    session.entry = entry  # for the transfer log, as a local read records it
+                    session.ready(cluster.remote_open(session, entry.pool, "r", entry.path,
+                                                      subject), True)
+                else:
+                    self._readable(session, entry, passive)
+            session.follow(resolved(lambda p: namespace.open_read(p, subject)), readable)
             return
         create_mode = control.decode_mode(r.option("mode"), DEFAULT_FILE_MODE) & 0o7777
         replace = self.config.allow_truncate and "truncate" in r.options
+        target = cluster.pool_for_new() if cluster is not None and mode == "w" and not by_id \
+            else None
+        if target is not None and not cluster.is_local(target):
+            session.ready(cluster.remote_open(session, target, mode, path, subject, create_mode,
+                                              replace, self._overwrite_hint(r)), True)
+            return
 
         def upload(p):
             return pool.open_write(p, subject, create_mode, replace=replace,
@@ -413,6 +499,21 @@ class DoorProtocol(LineOnlyReceiver):
                                          label="%s %s" % (mode, path)), passive)
 
         session.follow(resolved(upload), start)
+
+    def _admit_size(self, r: Request):
+        """Refuse a write whose announced size (-alloc-size) cannot fit, before data moves."""
+        size = r.int_option("alloc-size", -1)
+        if size < 0:
+            return
+        limit = self.config.max_file_size
+        if limit is not None and size > limit:
+            raise DcapError(RC_DISK_IO, "No space left on device: %d bytes announced, this "
+                            "door stores files of at most %d bytes (--max-file-size)"
+                            % (size, limit), "ENOSPC")
+        free = self.factory.pool.free_space()
+        if size > free:
+            raise DcapError(RC_DISK_IO, "No space left on device: %d bytes announced, the "
+                            "pool has %d bytes free" % (size, free), "ENOSPC")
 
     def _overwrite_hint(self, r: Request) -> str:
         """How a client whose write onto an existing file was refused can overwrite it."""
@@ -447,6 +548,7 @@ class DoorProtocol(LineOnlyReceiver):
 
     def do_opendir(self, r: Request):
         path = self.path(r)
+        self._admit_open()
         tid = self.factory.new_transfer_id()
         session = self._session(r, "opendir", path, tid=tid, answers=False)
 
@@ -463,6 +565,8 @@ class DoorProtocol(LineOnlyReceiver):
         The Deferred is the pending step the session cancels when it ends
         first (a connect-back attempt stops there and then).
         """
+        if getattr(session.transfer, "remote", False):
+            return session.transfer.start(session)  # another node's pool serves it (cluster.py)
         if passive:
             return self._listen(session)
         return self._connect_back(session)
@@ -495,14 +599,22 @@ class DoorProtocol(LineOnlyReceiver):
 
     def _connect_back(self, session: Session) -> Optional[defer.Deferred]:
         r = session.request
-        host = r.args[2] if len(r.args) > 2 else ""
+        named = r.args[2] if len(r.args) > 2 else ""
         try:
             port = int(r.args[3])
         except (IndexError, ValueError):
             session.failed(TransferError(RC_INVALID_ARGS, "open needs a callback port", "EINVAL"))
             return None
-        if not _is_ip(host):
-            host = self.transport.getPeer().host
+        if not 0 < port < 65536:
+            session.failed(TransferError(RC_INVALID_ARGS, "callback port %d is out of range"
+                                         % (port,), "EINVAL"))
+            return None
+        # Only ever the control connection's peer, whatever host the client names:
+        # the door delivers no data to, and probes no port of, a third host.
+        host = self.transport.getPeer().host
+        if _is_ip(named) and named != host:
+            log.info("transfer {tid}: client named {named} for its callback; connecting to "
+                     "its own address {host}", tid=session.tid, named=named, host=host)
         channel = DataChannel(transfer=session.transfer)
         d = connect_to_client(self.factory.reactor, host, port, channel)
 
@@ -514,8 +626,10 @@ class DoorProtocol(LineOnlyReceiver):
         def failed(f):
             if f.check(defer.CancelledError):
                 return
-            session.failed(TransferError(RC_INTERNAL, "cannot connect to the client at %s:%d: %s"
-                                         % (host, port, f.getErrorMessage())))
+            log.info("transfer {tid}: cannot connect back to {host}:{port}: {error}",
+                     tid=session.tid, host=host, port=port, error=f.getErrorMessage())
+            session.failed(TransferError(RC_INTERNAL, "cannot connect back to the client's "
+                                         "callback port %d" % (port,)))
 
         d.addCallbacks(connected, failed)
         return d
@@ -572,15 +686,19 @@ class DoorFactory(Factory):
     #: Seconds closing connections get to flush their last lines before they are cut.
     CLOSE_WAIT = 5.0
 
-    def __init__(self, pool, config: DoorConfig, reactor=None, policy=None):
+    def __init__(self, pool, config: DoorConfig, reactor=None, policy=None, pool_name=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
-        self.pool = pool
-        self.namespace = pool.namespace
+        self.pool = None
+        self.namespace = None
+        if pool is not None:
+            self.attach(pool)
         self.config = config
         self.reactor = reactor
-        self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None))
+        self.policy = DoorPolicy(policy, reactor, getattr(pool, "name", None) or pool_name)
+        #: Door+pool nodes sharing a PostgreSQL namespace (cluster.Cluster), or None.
+        self.cluster = None
         self.passwords = PasswordFile(config.passwd) if config.passwd else None
         self.connections: Set[DoorProtocol] = set()
         self.stopping = False
@@ -591,6 +709,11 @@ class DoorFactory(Factory):
         self._grace = None
         self._cut = None
         self._closed: Optional[defer.Deferred] = None
+
+    def attach(self, pool):
+        """The storage the door serves (given later when it is opened after a privilege drop)."""
+        self.pool = pool
+        self.namespace = pool.namespace
 
     def new_transfer_id(self) -> int:
         """A number naming one transfer in every log line about it."""

@@ -5,7 +5,8 @@ something with it; the pool keeps the bytes.  Every refusal is a
 :class:`~distcache.dcap.errors.DcapError` that already carries the reply
 the real dCache door sends, so the door only formats it.
 
-:class:`INamespace` is the seam; ``sqlite_namespace`` holds the embedded
+:class:`INamespace` is the seam; ``sql_namespace`` holds its rules in SQL,
+``sqlite_namespace`` the embedded engine and ``postgres_namespace`` the shared
 engine.  An engine's methods may answer at once or with Deferreds, so
 callers go through ``defer.maybeDeferred`` (or the door's ``_then``) where
 they can wait.
@@ -27,26 +28,45 @@ class Access(enum.Enum):
     FULL = "FULL"
 
 
+#: The owner of what anonymous clients create (nobody:nogroup).
+NOBODY_UID = NOGROUP_GID = 65534
+
+
 @dataclass(frozen=True)
 class Subject:
     """Who asks: the client's ``-uid``/``-gid`` and the door's access level.
 
     uid 0 passes permission bits (as root does on POSIX) but never the
     access level: a READONLY door lets nobody modify the namespace.
+
+    An anonymous subject (a client whose claimed uid the door does not
+    believe) is nobody: it owns nothing and is in no group, so every
+    permission check reads the "other" bits; what it creates is owned by
+    uid/gid (nobody:nogroup).
     """
 
     uid: int
     gid: int
     access: Access = Access.FULL
     gids: tuple = ()
+    anonymous: bool = False
     user: str = ""  # the account name of a client that logged in; "" for anonymous
 
     @property
     def superuser(self):
-        return self.uid == 0
+        return self.uid == 0 and not self.anonymous
+
+    def owns(self, uid):
+        """True when the subject is the owner uid (never for an anonymous one)."""
+        return not self.anonymous and uid == self.uid
 
     def in_group(self, gid):
-        return gid == self.gid or gid in self.gids
+        return not self.anonymous and (gid == self.gid or gid in self.gids)
+
+
+def anonymous_subject(access):
+    """The anonymous user with the door's access level."""
+    return Subject(NOBODY_UID, NOGROUP_GID, access, anonymous=True)
 
 
 ROOT = Subject(0, 0, Access.FULL)

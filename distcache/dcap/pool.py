@@ -17,6 +17,7 @@ namespace, so a read costs no database write; pins are small files in
 ``<pool>/pins/`` so that dcap-admin and a restarted door see them.
 """
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -36,12 +37,14 @@ from distcache.dcap.errors import (
     DcapError,
     NoSpace,
     NotCached,
+    NotFound,
     StageFailed,
 )
 from distcache.dcap.space import SpaceSettings
 from distcache.dcap.flushpolicy import FlushPolicy
 from distcache.dcap.sweeper import Copy, Survey, Sweeper
-from distcache.dcap.sqlite_namespace import open_namespace
+from distcache.dcap.engines import open_engine
+from distcache.dcap.names import ino_of
 from distcache.dcap.workers import INLINE, OffThreadNamespace, then
 
 log = Logger()
@@ -274,6 +277,11 @@ class Pool:
 
     # -- data files -----------------------------------------------------
 
+    def free_space(self):
+        """Bytes an unprivileged writer may still add to the pool's filesystem."""
+        st = os.statvfs(self.incoming_dir)
+        return st.f_bavail * st.f_frsize
+
     def _data_path(self, pnfsid):
         return os.path.join(self.data_dir, pnfsid)
 
@@ -416,6 +424,40 @@ class Pool:
                     log.info("dropped stale upload {name}", name=name)
                 except OSError:
                     pass
+
+    def sweep_orphans(self):
+        """Remove data files that no namespace entry owns; the names removed.
+
+        A crash between placing an upload's data and committing its entry
+        leaves such a file.  The check runs inside the engine's exclusive
+        transaction where it has one, so a commit in another process (which
+        places its data inside its own transaction) is never mistaken for one.
+        Files whose names are not pnfs ids are not the pool's and stay.
+        """
+        exclusive = getattr(self.engine, "exclusive", None)
+        removed = []
+        with (exclusive() if exclusive is not None else contextlib.nullcontext()):
+            for name in sorted(os.listdir(self.data_dir)):
+                try:
+                    ino_of(name)
+                except DcapError:
+                    continue
+                try:
+                    self.engine.get(name)
+                    continue
+                except NotFound:
+                    pass  # only a definite "no such entry" makes data an orphan
+                path = os.path.join(self.data_dir, name)
+                try:
+                    size = os.stat(path).st_size
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(name)
+                log.info("pool sweep: removed {name} ({size} bytes), data that no namespace "
+                         "entry owns", name=name, size=size)
+        log.info("pool sweep: {n} orphaned data file(s) removed", n=len(removed))
+        return removed
 
     # -- tertiary storage -----------------------------------------------
 
@@ -776,9 +818,12 @@ def _unlink(path):
 
 
 def open_pool(root, hsm=None, name=DEFAULT_POOL_NAME, fsync=True, workers=INLINE, clock=None,
-              space=None):
-    """The namespace and pool of the state directory root, as a Pool."""
-    namespace = open_namespace(root)
+              space=None, namespace=None):
+    """The pool of the state directory root and its namespace, as a Pool.
+
+    namespace None is the SQLite file in root; a postgresql:// URL the shared one.
+    """
+    namespace = open_engine(namespace, root)
     return Pool(os.path.join(root, "pool"), namespace, name=name, hsm=hsm, fsync=fsync,
                 workers=workers, clock=clock, space=space)
 

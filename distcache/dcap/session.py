@@ -81,6 +81,8 @@ class Session:
         #: The request line that opened the session, and its options.
         self.request = None
         self.options = {}
+        #: How the session was answered: None (ok, or not yet), else the error sent.
+        self.outcome = None
 
     @property
     def name(self) -> str:
@@ -120,6 +122,17 @@ class Session:
     def transfer_ended(self, error) -> None:
         """The Transfer's outcome callback (None on success)."""
         self.mover_finished(error)
+
+    def failed_write(self) -> bool:
+        """True for a write whose transfer started and then was answered with an error."""
+        request = self.request
+        return (self.command == "open" and self.transfer is not None
+                and self.outcome is not None and request is not None
+                and len(request.args) > 1 and request.args[1] in ("w", "rw"))
+
+    def waiting(self) -> bool:
+        """True until the data connection is up (or the session has ended)."""
+        return self.state() in ("resolving", "staging", "awaiting_mover")
 
     def _ended(self, result: str, error=None) -> None:
         """How an open or opendir ended, for the door's counters and transfer log."""
@@ -286,6 +299,7 @@ class Session:
 
     @_machine.output()
     def _reply_outcome(self, error):
+        self.outcome = error
         if not self.answers:
             return
         if error is None:
@@ -295,10 +309,12 @@ class Session:
 
     @_machine.output()
     def _reply_failed(self, error):
+        self.outcome = error
         self.door.send(control.failed(self.sid, self.cid, error.rc, error.message, error.posix))
 
     @_machine.output()
     def _reply_timeout(self):
+        self.outcome = DcapError(RC_TIMEOUT, TIMEOUT_MESSAGE)
         self.door.send(control.failed(self.sid, self.cid, RC_TIMEOUT, TIMEOUT_MESSAGE))
 
     @_machine.output()

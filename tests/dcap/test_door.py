@@ -4,6 +4,8 @@ import struct
 import zlib
 
 import pytest
+from twisted.python.failure import Failure
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from distcache.dcap.door import DoorFactory
@@ -21,11 +23,18 @@ def pool(tmp_path):
     p.namespace.close()
 
 
+#: The peer of every test client, in the network the tests' doors trust.
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
 class Client:
-    def __init__(self, pool, uid=0, gid=0, hello=True, **config):
+    """A control connection; its uid is believed (trust_client_uid 127.0.0.0/8) unless told."""
+
+    def __init__(self, pool, uid=0, gid=0, hello=True, peer=PEER, **config):
+        config.setdefault("trust_client_uid", ("127.0.0.0/8",))
         self.factory = DoorFactory(pool, DoorConfig(**config), MemoryReactorClock())
         self.proto = self.factory.buildProtocol(None)
-        self.transport = StringTransport()
+        self.transport = StringTransport(peerAddress=peer)
         self.proto.makeConnection(self.transport)
         if hello:
             assert self.send(HELLO % (uid, gid)) == ["0 0 server welcome 2 47"]
@@ -103,6 +112,120 @@ def test_permissions_follow_the_clients_uid(pool):
         ' client is uid 200 gid 200 (anonymous), needs write and search" EACCES'
     assert other.ask('3 0 client chmod "%s" -mode=511 -uid=200' % url("/home/secret")).startswith(
         '3 0 client failed 19 ')
+
+
+def test_untrusted_clients_are_anonymous_whatever_uid_they_claim(pool):
+    pool.namespace.mkdir("/home", ROOT, 0o755)
+    put(pool, "/home/secret", b"s", mode=0o600, uid=100, gid=100)
+    put(pool, "/home/open", b"o", mode=0o604, uid=100, gid=100)
+    pool.namespace.mkdir("/tmp", ROOT, 0o1777)
+    c = Client(pool, access=Access.FULL, trust_client_uid=("10.0.0.0/8",))  # claims uid 0
+    assert c.ask('1 0 client open "%s" r h 1 -uid=0' % url("/home/secret")) == \
+        '1 0 client failed 19 "Permission denied: /home/secret is 0600 owned by uid 100 gid 100,' \
+        ' client is anonymous (its uid is not trusted: see --trust-client-uid), needs read" EACCES'
+    assert c.ask('2 0 client chmod "%s" -mode=511 -uid=100' % url("/home/secret")).startswith(
+        '2 0 client failed 19 ')
+    assert c.ask('3 0 client chown "%s" -owner=0:0 -uid=0' % url("/home/open")).startswith(
+        '3 0 client failed 19 ')
+    # the "other" bits are what anonymous gets: r-- here, but no write
+    assert c.ask('4 0 client stat "%s" -uid=100' % url("/home/open")).startswith("4 0 client stat ")
+    assert c.ask('5 0 client unlink "%s" -uid=0' % url("/home/open")).endswith("EACCES")
+    # what it creates belongs to nobody:nogroup
+    assert c.ask('6 0 client mkdir "%s" -mode=493 -uid=0' % url("/tmp/d")) == "6 0 client ok"
+    assert "-st_uid=65534 -st_gid=65534" in c.ask('7 0 client stat "%s"' % url("/tmp/d"))
+    assert pool.namespace.lookup("/home/secret", ROOT).mode == 0o600
+
+
+def test_trusted_networks_believe_the_claimed_uid(pool):
+    put(pool, "/secret", b"s", mode=0o600, uid=100, gid=100)
+    c = Client(pool, uid=100, gid=100, access=Access.FULL, trust_client_uid=("127.0.0.1/32",))
+    assert c.ask('1 0 client chmod "%s" -mode=384 -uid=100' % url("/secret")) == "1 0 client ok"
+    outside = Client(pool, uid=100, gid=100, access=Access.FULL, peer=IPv4Address(
+        "TCP", "127.0.0.2", 40000), trust_client_uid=("127.0.0.1/32",))
+    assert outside.ask('1 0 client chmod "%s" -mode=384 -uid=100' % url("/secret")).endswith(
+        "EACCES")
+
+
+def test_peers_outside_the_allowed_subnets_are_refused_at_connect(pool):
+    inside = Client(pool, allowed_subnets=("127.0.0.0/8",))
+    assert inside.ask('1 0 client ping') == "1 0 server pong"
+    outside = Client(pool, hello=False, peer=IPv4Address("TCP", "10.1.2.3", 40000),
+                     allowed_subnets=("127.0.0.0/8", "192.168.0.0/16"))
+    assert outside.transport.disconnecting or outside.transport.disconnected
+    assert outside.send(HELLO % (0, 0)) == []
+    assert outside.factory.connections == set()
+
+
+@pytest.mark.parametrize("named", ["10.9.9.9", "127.0.0.2", "::1", "mail.example.org", "-"])
+def test_connect_back_goes_to_the_control_peer_whatever_host_is_named(pool, named):
+    put(pool, "/f", b"data")
+    c = Client(pool, connect_back=True)
+    assert c.send(b'1 0 client open "%s" r %s 2049 -uid=0\n'
+                  % (url("/f").encode(), named.encode())) == []
+    host, port = c.factory.reactor.tcpClients[-1][:2]
+    assert (host, port) == ("127.0.0.1", 2049)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "x"])
+def test_connect_back_refuses_callback_ports_out_of_range(pool, port):
+    put(pool, "/f", b"data")
+    c = Client(pool, connect_back=True)
+    assert c.ask('1 0 client open "%s" r 127.0.0.1 %s -uid=0' % (url("/f"), port)).startswith(
+        '1 0 client failed 10015 ')
+    assert c.factory.reactor.tcpClients == []
+
+
+def test_a_failed_connect_back_names_only_the_callback_port(pool):
+    put(pool, "/f", b"data")
+    c = Client(pool, connect_back=True)
+    c.send(b'1 0 client open "%s" r 127.0.0.1 2049 -uid=0\n' % url("/f").encode())
+    connector = c.factory.reactor.connectors[-1]
+    c.transport.clear()
+    factory = c.factory.reactor.tcpClients[-1][2]
+    from twisted.internet.error import ConnectionRefusedError
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    assert c.transport.value() == \
+        b'1 0 client failed 5 "cannot connect back to the client\'s callback port 2049"\n'
+
+
+def test_a_connection_holds_a_bounded_number_of_waiting_opens(pool):
+    put(pool, "/f", b"data")
+    c = Client(pool, max_waiting_opens=3)
+    replies = [c.ask('%d 0 client open "%s" r -passive h 0 -uid=0' % (sid, url("/f")))
+               for sid in (1, 2, 3)]
+    assert all(" client connect " in line for line in replies)
+    refused = '4 0 client failed 5 "Too many opens waiting for their data connection (3)" EMFILE'
+    assert c.ask('4 0 client open "%s" r -passive h 0 -uid=0' % url("/f")) == refused
+    assert c.ask('5 0 client opendir "%s" h 0 -uid=0' % url("/")).startswith(
+        '5 0 client failed 5 "Too many opens waiting')
+    assert sorted(c.proto.sessions) == [1, 2, 3]  # the refused ones hold nothing
+    data_channel_for(c, replies[0])  # the first client connects for its data
+    assert c.proto.waiting_opens() == 2
+    assert " client connect " in c.ask('6 0 client open "%s" r -passive h 0 -uid=0' % url("/f"))
+
+
+def test_a_write_announcing_more_than_the_max_file_size_is_refused(pool):
+    c = Client(pool, access=Access.FULL, max_file_size=100)
+    assert c.ask('1 0 client open "%s" w -alloc-size=101 -passive h 0 -uid=0' % url("/big")) == \
+        '1 0 client failed 204 "No space left on device: 101 bytes announced, this door' \
+        ' stores files of at most 100 bytes (--max-file-size)" ENOSPC'
+    assert c.factory.reactor.tcpServers == []  # no data port was opened
+    assert " client connect " in c.ask(
+        '2 0 client open "%s" w -alloc-size=100 -passive h 0 -uid=0' % url("/fits"))
+    assert " client connect " in c.ask(  # without an announced size the open goes on
+        '3 0 client open "%s" w -passive h 0 -uid=0' % url("/unknown"))
+
+
+def test_a_write_announcing_more_than_the_pool_holds_is_refused(pool):
+    c = Client(pool, access=Access.FULL)
+    free = pool.free_space()
+    line = c.ask('1 0 client open "%s" w -alloc-size=%d -passive h 0 -uid=0'
+                 % (url("/huge"), free + 10 ** 12))
+    assert line.startswith('1 0 client failed 204 "No space left on device: ')
+    assert line.endswith('bytes free" ENOSPC')
+    assert c.factory.reactor.tcpServers == []
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/huge", ROOT)
 
 
 def test_readonly_anonymous_access_refuses_modifications(pool):
@@ -255,6 +378,36 @@ def test_rw_open_modifies_in_place_when_truncation_is_allowed(pool):
     assert c.transport.value() == b"2 0 client ok\n"
     with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
         assert f.read() == b"01ab456789"
+
+
+def test_unlinks_clean_up_a_failed_write_only_within_the_window(pool):
+    put(pool, "/f", b"earlier")
+    c = Client(pool, access=Access.FULL, allow_truncate=True)
+    clock = c.factory.reactor
+    line = c.ask('2 0 client open "%s" w -truncate h 1 -uid=0' % url("/f"))
+    channel, _, _, _ = data_channel_for(c, line)
+    c.transport.clear()
+    channel.dataReceived(mc.encode_write() + mc.encode_data(b"new") +
+                         mc.encode_close(zlib.adler32(b"new") ^ 1))
+    assert c.transport.value().startswith(b'2 0 client failed 204 "Checksum mismatch')
+    clock.advance(c.proto.CLEANUP_WINDOW)
+    assert c.ask('3 0 client unlink "%s" -uid=0' % url("/f")) == "3 0 client ok"
+    with pool.open_read(pool.namespace.lookup("/f", ROOT)) as f:
+        assert f.read() == b"earlier"
+    clock.advance(0.5)  # past the window: an unlink is the user's again
+    assert c.ask('4 0 client unlink "%s" -uid=0' % url("/f")) == "4 0 client ok"
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/f", ROOT)
+
+
+def test_a_refused_open_is_no_failed_write(pool):
+    put(pool, "/f", b"earlier")
+    c = Client(pool, access=Access.FULL)  # no --allow-truncate
+    assert c.ask('1 0 client open "%s" w -truncate h 1 -uid=0' % url("/f")).startswith(
+        '1 0 client failed 1 "File is readOnly')
+    assert c.ask('2 0 client unlink "%s" -uid=0' % url("/f")) == "2 0 client ok"
+    with pytest.raises(Exception):
+        pool.namespace.lookup("/f", ROOT)
 
 
 def test_a_refused_overwrite_says_what_would_allow_it(pool):

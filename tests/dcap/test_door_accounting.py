@@ -50,8 +50,10 @@ class Door:
     def __init__(self, pool, reactor, log_path, **explicit):
         self.reactor = reactor
         policy = resolve_policy(explicit={k: Setting(str(v), "--" + k) for k, v in explicit.items()})
-        self.factory = DoorFactory(pool, DoorConfig(access=Access.FULL, allow_truncate=True),
-                                   reactor, policy=policy)
+        # StringTransport's peer (192.168.1.1) is trusted: its -uid=0 is believed
+        config = DoorConfig(access=Access.FULL, allow_truncate=True,
+                            trust_client_uid=("192.168.0.0/16",))
+        self.factory = DoorFactory(pool, config, reactor, policy=policy)
         self.factory.transfer_log = TransferLog(str(log_path))
         self.factory.policy.start()
         self.log_path = log_path

@@ -25,6 +25,9 @@ from distcache.dcap.pool import open_pool
 HELLO = b'0 0 client hello 0 0 2 47 14 "" -uid=0 -pid=1 -gid=0\n'
 STAGE_DELAY = 10
 
+#: StringTransport's peer (192.168.1.1) is in it: these clients' -uid=0 is believed.
+TRUSTED = ("192.168.0.0/16",)
+
 
 def connect(factory):
     proto = factory.buildProtocol(None)
@@ -85,7 +88,8 @@ def test_control_lost_while_staging_leaves_no_watch_and_no_stage_wait(tape_pool,
     on_tape(tape_pool, reactor, "/t")
     policy = resolve_policy(explicit={"openTimeout": Setting("60", "--openTimeout"),
                                       "keepAlive": Setting("1", "--keepAlive")})
-    factory = DoorFactory(tape_pool, DoorConfig(access=Access.FULL), reactor, policy=policy)
+    factory = DoorFactory(tape_pool, DoorConfig(access=Access.FULL, trust_client_uid=TRUSTED), reactor,
+                          policy=policy)
     proto, ctl = connect(factory)
     assert ask(proto, ctl, '1 0 client open "dcap://h/t" r 127.0.0.1 1 -passive -uid=0') == []
     assert 1 in proto.sessions  # staging
@@ -103,7 +107,8 @@ def test_control_lost_while_staging_leaves_no_watch_and_no_stage_wait(tape_pool,
 def test_connect_back_attempt_stops_when_its_session_ends(tmp_path, reactor):
     pool = open_pool(str(tmp_path / "root"), fsync=False)
     store(pool, "/f", b"data")
-    factory = DoorFactory(pool, DoorConfig(access=Access.FULL, connect_back=True), reactor)
+    config = DoorConfig(access=Access.FULL, trust_client_uid=TRUSTED, connect_back=True)
+    factory = DoorFactory(pool, config, reactor)
     proto, ctl = connect(factory)
     assert ask(proto, ctl, '1 0 client open "dcap://h/f" r 127.0.0.1 33000 -uid=0') == []
     assert 1 in proto.sessions  # awaiting the mover
@@ -120,7 +125,8 @@ def test_connect_back_attempt_stops_when_its_session_ends(tmp_path, reactor):
 def service(tmp_path, reactor):
     root = str(tmp_path / "root")
     os.makedirs(root)
-    config = DoorConfig(access=Access.FULL, allow_truncate=True, shutdown_grace=20)
+    config = DoorConfig(access=Access.FULL, trust_client_uid=TRUSTED, allow_truncate=True,
+                        shutdown_grace=20)
     svc = dcap_tap.DoorService("tcp:0:interface=127.0.0.1", root, config, fsync=False,
                                reactor=reactor)
     svc.startService()

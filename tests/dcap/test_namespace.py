@@ -1,4 +1,8 @@
-"""The SQLite namespace: operations, exact door replies, permissions, restarts."""
+"""The namespace engines: operations, exact door replies, permissions, restarts.
+
+Every test taking ``ns`` runs on the embedded SQLite engine and on a real
+PostgreSQL database: both must give the door the same answers.
+"""
 
 import pytest
 
@@ -12,9 +16,13 @@ ALICE = Subject(1000, 100)
 BOB = Subject(2000, 200)
 
 
-@pytest.fixture
-def ns(tmp_path):
-    namespace = open_namespace(str(tmp_path / "root"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ns(request, tmp_path):
+    if request.param == "sqlite":
+        namespace = open_namespace(str(tmp_path / "root"))
+    else:
+        from distcache.dcap.postgres_namespace import PostgresNamespace
+        namespace = PostgresNamespace(request.getfixturevalue("pg_url"), str(tmp_path))
     yield namespace
     namespace.close()
 
@@ -320,7 +328,8 @@ def test_ids_are_never_reused(ns):
     assert g.ino > f.ino
 
 
-def test_lookup_uses_the_index(ns):
+def test_lookup_uses_the_index(tmp_path):
+    ns = open_namespace(str(tmp_path / "root"))
     plan = ns._db.execute(
         "EXPLAIN QUERY PLAN SELECT ino FROM inode WHERE parent = ? AND name = ?", (1, "x")
     ).fetchall()

@@ -24,6 +24,9 @@ HELLO = b'0 0 client hello 0 0 2 47 14 "" -uid=0 -pid=1 -gid=0\n'
 TIMEOUT_REPLY = 'client failed 112 "User timeout canceled session"'
 STAGE_DELAY = 10
 
+#: StringTransport's peer (192.168.1.1) is in it: these clients' -uid=0 is believed.
+TRUSTED = ("192.168.0.0/16",)
+
 
 class Reactor(MemoryReactorClock):
     """listenTCP refuses ports in `busy`, as for ports other programs hold."""
@@ -71,7 +74,8 @@ def policy(**explicit):
 class Door:
     def __init__(self, pool, reactor, **explicit):
         self.reactor = reactor
-        self.factory = DoorFactory(pool, DoorConfig(access=Access.FULL, allow_truncate=True),
+        self.factory = DoorFactory(pool, DoorConfig(access=Access.FULL, trust_client_uid=TRUSTED,
+                                                    allow_truncate=True),
                                    reactor, policy=policy(**explicit))
         self.factory.policy.start()
         self.clients = []

@@ -194,3 +194,25 @@ def test_commit_failing_after_placement_removes_the_placed_data(pool, monkeypatc
     with pytest.raises(OSError):
         upload.commit()
     assert os.listdir(pool.data_dir) == [] and os.listdir(pool.incoming_dir) == []
+
+
+def test_the_sweep_removes_data_that_no_entry_owns_and_keeps_the_rest(tmp_path):
+    from distcache.dcap.names import pnfsid_of
+    pool = open_pool(str(tmp_path / "root"), fsync=False)
+    try:
+        up = pool.open_write("/kept", ROOT, 0o644)
+        up.file.write(b"kept data")
+        kept = up.commit()
+        orphan = pnfsid_of(kept.ino + 1000)  # placed, then the process died before commit
+        with open(os.path.join(pool.data_dir, orphan), "wb") as f:
+            f.write(b"x" * 10)
+        foreign = os.path.join(pool.data_dir, "README")
+        with open(foreign, "w") as f:
+            f.write("not a pnfs id: not the pool's")
+        assert pool.sweep_orphans() == [orphan]
+        assert sorted(os.listdir(pool.data_dir)) == sorted([kept.pnfsid, "README"])
+        assert pool.sweep_orphans() == []
+        with pool.open_read(pool.namespace.lookup("/kept", ROOT)) as f:
+            assert f.read() == b"kept data"
+    finally:
+        pool.namespace.close()

@@ -157,6 +157,40 @@ def check_ended(walk, outcomes=1):
     assert all(t.ended for t in walk.transfers)       # transfers ended (files closed)
 
 
+@pytest.mark.parametrize("state", STATES)
+def test_a_session_waits_for_its_client_until_the_data_connection_is_up(state):
+    walk = Walk()
+    for step in PATHS[state]:
+        walk.fire(step)
+    assert walk.session.state() == state
+    assert walk.session.waiting() is (state in ("resolving", "staging", "awaiting_mover"))
+
+
+@pytest.mark.parametrize("mode", ["r", "w", "rw"])
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("name", ["failed", "deadline_waiting", "mover_finished_error",
+                                  "mover_finished_ok"])
+def test_a_failed_write_is_a_write_answered_with_an_error_after_its_transfer_began(
+        mode, state, name):
+    from distcache.dcap.control import parse_request
+    walk = Walk()
+    walk.session.request = parse_request(b'3 0 client open "dcap://h/f" %s h 1\n'
+                                         % mode.encode())
+    for step in PATHS[state]:
+        walk.fire(step)
+    if name == "mover_finished_error":
+        walk.session.mover_finished(TransferError(204, "No space left on device"))
+    elif name == "mover_finished_ok":
+        walk.session.mover_finished(None)
+    else:
+        walk.fire(name)
+    began = state in ("awaiting_mover", "transferring")
+    answered_error = name != "mover_finished_ok" and (began or name in ("failed",
+                                                                          "deadline_waiting"))
+    expected = mode != "r" and began and answered_error
+    assert walk.session.failed_write() is expected
+
+
 def test_the_table_covers_every_state_and_input():
     assert set(TABLE) == set(STATES)
     assert all(len(row) == len(INPUTS) for row in TABLE.values())

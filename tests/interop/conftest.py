@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from interop_support import Door, _doors
+from interop_support import TRUST_LOCAL, Door, _doors
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def doors(tmp_path_factory):
 @pytest.fixture
 def door(doors):
     """The usual door: full anonymous access, overwriting allowed."""
-    return doors("--anonymous-access", "FULL", "--allow-truncate")
+    return doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--allow-truncate")
 
 
 def dcap_clients_missing():

@@ -19,6 +19,8 @@ from distcache.dcap.pool import open_pool
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DCCP = shutil.which("dccp")
+#: Options of a door that believes the -uid/-gid of local clients (dccp sends the caller's).
+TRUST_LOCAL = ("--trust-client-uid", "127.0.0.0/8")
 
 
 def free_low_port():

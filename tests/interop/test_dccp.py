@@ -9,7 +9,7 @@ import pytest
 from distcache.dcap.errors import NotFound
 from distcache.dcap.namespace import ROOT
 
-from interop_support import dccp
+from interop_support import TRUST_LOCAL, dccp
 
 
 def _data(n, seed=0):
@@ -59,7 +59,7 @@ def test_overwrite_allowed_replaces_the_file(door, tmp_path):
 
 
 def test_overwrite_refused_keeps_the_old_version(doors, tmp_path):
-    door = doors("--anonymous-access", "FULL")
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL")
     door.put("/keep/a", b"old contents")
     src = tmp_path / "new"
     src.write_bytes(b"new")
@@ -84,7 +84,7 @@ def _connect_backs(door):
 
 
 def test_pool_connects_back_when_the_client_is_not_passive(doors, tmp_path):
-    door = doors("--anonymous-access", "FULL", "--connect-back")
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--connect-back")
     payload = os.urandom(2 * (1 << 20) + 5)
     door.put("/cb/x", payload)
     before = len(_connect_backs(door))
@@ -99,7 +99,7 @@ def test_pool_connects_back_when_the_client_is_not_passive(doors, tmp_path):
 
 
 def test_callback_port_range(doors, tmp_path):
-    door = doors("--anonymous-access", "FULL", "--connect-back")
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--connect-back")
     door.put("/cb/range", b"ranged")
     low = 24000 + (os.getpid() % 1000) * 5
     rc, out = dccp("-p", "%d:%d" % (low, low + 4), door.url("/cb/range"), tmp_path / "r",
@@ -110,7 +110,7 @@ def test_callback_port_range(doors, tmp_path):
 
 
 def test_passive_flag_wins_over_connect_back(doors, tmp_path):
-    door = doors("--anonymous-access", "FULL", "--connect-back")
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--connect-back")
     door.put("/cb/p", b"pp")
     before = len(_connect_backs(door))
     rc, out = dccp("-A", door.url("/cb/p"), tmp_path / "p")
@@ -199,3 +199,23 @@ def test_readonly_door_serves_reads_and_refuses_writes(doors, tmp_path):
     assert rc == 255
     assert "Permission denied" in out
     assert not _exists(door, "/ro/y")
+
+
+def test_a_write_announcing_more_than_max_file_size_is_refused_before_data_moves(doors, tmp_path):
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--allow-truncate",
+                 "--max-file-size", "1K")
+    door.put("/cap/kept", b"old contents")
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 2048)
+    rc, out = dccp("-X", "-alloc-size=2048", src, door.url("/cap/kept"))
+    assert rc != 0
+    assert "No space left on device" in out and "--max-file-size" in out
+    assert door.read("/cap/kept") == b"old contents"
+    log = door.log_text()
+    assert "failed: 204 No space left on device: 2048 bytes announced" in log
+    assert "data connection up" not in log  # refused at the open: no mover ever started
+    small = tmp_path / "small"
+    small.write_bytes(b"y" * 1000)
+    rc, out = dccp("-X", "-alloc-size=1000", small, door.url("/cap/small"))
+    assert rc == 0, out
+    assert door.read("/cap/small") == b"y" * 1000

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from netutil import free_port
 from polling import wait_until
 
-from interop_support import Door, dccp
+from interop_support import TRUST_LOCAL, Door, dccp
 
 
 def start_door(tmp, log_path):
@@ -23,7 +23,7 @@ def start_door(tmp, log_path):
     for _ in range(5):
         port = free_port()
         try:
-            return Door(tmp, "--anonymous-access", "FULL", "--metrics",
+            return Door(tmp, *TRUST_LOCAL, "--anonymous-access", "FULL", "--metrics",
                         "tcp:%d:interface=127.0.0.1" % port, "--transfer-log", log_path), port
         except RuntimeError:
             continue

@@ -21,7 +21,7 @@ from distcache.dcap.errors import Exists
 from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 
-from interop_support import Door, dccp
+from interop_support import TRUST_LOCAL, Door, dccp
 from polling import wait_until
 from rawclient import ControlClient
 
@@ -82,7 +82,7 @@ class Setup:
 
     def start(self, *options):
         self.pool.namespace.close()
-        door = Door(self.tmp, "--anonymous-access", "FULL", *options)
+        door = Door(self.tmp, *TRUST_LOCAL, "--anonymous-access", "FULL", *options)
         return door
 
 

@@ -10,6 +10,7 @@ from distcache.dcap import mover_codec as mc
 from distcache.dcap.errors import NotFound
 from distcache.dcap.namespace import ROOT
 
+from interop_support import TRUST_LOCAL
 from rawclient import ControlClient, DataClient
 from polling import wait_until
 
@@ -46,6 +47,50 @@ def test_close_with_a_wrong_adler32_fails_and_stores_nothing(door):
     assert b"Checksum mismatch" in rest
     assert re.match(r'2 0 client failed \d+ "Checksum mismatch', c.line())
     assert _gone(door, "/sum/bad")
+    c.close()
+
+
+def test_the_unlinks_after_a_failed_overwrite_keep_the_earlier_version(door):
+    door.put("/sum/kept", b"earlier version")
+    c = ControlClient(door.port)
+    line = c.ask('2 0 client open "%s" w -truncate -passive localhost 0 -uid=0'
+                 % door.url("/sum/kept"))
+    d = DataClient(line, 2)
+    d.send(mc.encode_write() + mc.encode_data(b"new data"))
+    assert d.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert d.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    d.send(mc.encode_close(zlib.adler32(b"new data") ^ 1))
+    assert d.reply()[:2] == (mc.ACK, mc.CLOSE)
+    assert c.line().startswith('2 0 client failed ')
+    # dccp's clean-up, twice, on the connection whose write failed: nothing is removed
+    assert c.ask('3 0 client unlink "%s" -uid=0' % door.url("/sum/kept")) == "3 0 client ok"
+    assert c.ask('4 0 client unlink "%s" -uid=0' % door.url("/sum/kept")) == "4 0 client ok"
+    assert door.read("/sum/kept") == b"earlier version"
+    # another connection's unlink is a user's: it removes the file
+    other = ControlClient(door.port)
+    assert other.ask('1 0 client unlink "%s" -uid=0' % door.url("/sum/kept")) == "1 0 client ok"
+    assert _gone(door, "/sum/kept")
+    other.close()
+    c.close()
+
+
+def test_a_new_open_ends_the_clean_up_window_of_a_failed_write(door):
+    door.put("/sum/again", b"earlier version")
+    c = ControlClient(door.port)
+    url = door.url("/sum/again")
+    line = c.ask('2 0 client open "%s" w -truncate -passive localhost 0 -uid=0' % url)
+    d = DataClient(line, 2)
+    d.send(mc.encode_write() + mc.encode_data(b"x"))
+    assert d.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert d.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    d.send(mc.encode_close(zlib.adler32(b"x") ^ 1))
+    assert d.reply()[:2] == (mc.ACK, mc.CLOSE)
+    assert c.line().startswith('2 0 client failed ')
+    line = c.ask('3 0 client open "%s" r -passive localhost 0 -uid=0' % url)
+    DataClient(line, 3).sock.close()
+    assert c.line().startswith("3 0 client ")
+    assert c.ask('4 0 client unlink "%s" -uid=0' % url) == "4 0 client ok"
+    assert _gone(door, "/sum/again")
     c.close()
 
 
@@ -200,3 +245,64 @@ def _closed_by_peer_after_draining(sock):
     except ConnectionResetError:
         pass
     return total < 32 * (1 << 20)
+
+
+def test_a_client_claiming_uid_0_is_anonymous_on_a_door_that_trusts_nobody(doors):
+    door = doors("--anonymous-access", "FULL")  # no --trust-client-uid: the default
+    door.storage().namespace.mkdir("/private", ROOT, 0o755) if _gone(door, "/private") else None
+    door.put("/private/mine", b"secret", mode=0o600)
+    door.storage().namespace.chown("/private/mine", ROOT, 1000, 1000)
+    c = ControlClient(door.port, uid=0, gid=0)
+    try:
+        line = c.ask('1 0 client open "%s" r -passive localhost 0 -uid=0' % door.url("/private/mine"))
+        assert line.startswith('1 0 client failed 19 "Permission denied: /private/mine is 0600')
+        assert "client is anonymous" in line
+        assert c.ask('2 0 client unlink "%s" -uid=0' % door.url("/private/mine")).endswith("EACCES")
+    finally:
+        c.close()
+    assert door.read("/private/mine") == b"secret"
+    assert "all anonymous (no --trust-client-uid)" in door.log_text()
+
+
+def _listen_pair():
+    """Listening sockets on 127.0.0.1 and 127.0.0.2 with one port number."""
+    import socket
+    for _ in range(20):
+        a = socket.socket()
+        a.bind(("127.0.0.1", 0))
+        port = a.getsockname()[1]
+        b = socket.socket()
+        try:
+            b.bind(("127.0.0.2", port))
+        except OSError:
+            a.close()
+            b.close()
+            continue
+        a.listen(1)
+        b.listen(1)
+        return a, b, port
+    raise RuntimeError("no port free on both 127.0.0.1 and 127.0.0.2")
+
+
+def test_connect_back_reaches_only_the_control_peer_whatever_host_is_named(doors):
+    door = doors(*TRUST_LOCAL, "--anonymous-access", "FULL", "--connect-back")
+    door.put("/bounce/f", b"file data")
+    mine, third, port = _listen_pair()
+    c = ControlClient(door.port)
+    try:
+        c.send('1 0 client open "%s" r 127.0.0.2 %d -uid=0' % (door.url("/bounce/f"), port))
+        mine.settimeout(10)
+        data, _ = mine.accept()  # the door came to the control connection's own address
+        assert struct.unpack(">ii", data.recv(8)) == (1, 0)  # session id, then 0
+        third.setblocking(False)
+        try:
+            third.accept()
+            raise AssertionError("the door connected to the host the client named")
+        except BlockingIOError:
+            pass
+        data.close()
+    finally:
+        c.close()
+        mine.close()
+        third.close()
+    assert "client named 127.0.0.2 for its callback" in door.log_text()

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 
-from interop_support import DCCP, Door
+from interop_support import DCCP, TRUST_LOCAL, Door
 from rawclient import ControlClient
 
 GRACE = 8
@@ -45,7 +45,7 @@ def wait_for(predicate, seconds, what):
 
 
 def test_sigterm_lets_a_running_read_finish_then_tells_clients(tmp_path):
-    door = Door(str(tmp_path), "--anonymous-access", "FULL", "--shutdown-grace", str(GRACE))
+    door = Door(str(tmp_path), *TRUST_LOCAL, "--anonymous-access", "FULL", "--shutdown-grace", str(GRACE))
     try:
         data = payload(48 << 20)
         door.put("/big", data)

@@ -1,0 +1,88 @@
+"""Two door+pool nodes sharing a PostgreSQL namespace, driven by the real dccp.
+
+Each node has its own state directory (pool data) and port; a file written
+through one door is read through the other, whose pool does not hold it,
+so the other node's pool starts the mover and the door relays its address.
+"""
+
+import os
+import time
+
+import psycopg
+import pytest
+
+from interop_support import DCCP, TRUST_LOCAL, Door, dccp
+
+pytestmark = pytest.mark.skipif(DCCP is None, reason="dccp (Debian package dcap) is not installed")
+
+
+def pool_of(url, path):
+    name = path.rsplit("/", 1)[-1]
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT pool, size FROM inode WHERE name = %s", (name,)).fetchone()
+
+
+@pytest.fixture
+def nodes(pg_url, tmp_path):
+    started = []
+    try:
+        for name in ("a", "b"):
+            tmp = str(tmp_path / name)
+            os.makedirs(tmp)
+            started.append(Door(tmp, "--namespace", pg_url, "--pool-name", "pool-" + name,
+                                "--anonymous-access", "FULL", "--connect-host", "127.0.0.1",
+                                *TRUST_LOCAL))
+        yield started
+    finally:
+        for door in started:
+            door.stop()
+
+
+def test_written_through_one_door_read_through_the_other(nodes, pg_url, tmp_path):
+    a, b = nodes
+    payload = {name: os.urandom(3_000_000 + i) for i, name in enumerate(("via-a", "via-b"))}
+    for name, data in payload.items():
+        (tmp_path / name).write_bytes(data)
+    code, out = dccp(tmp_path / "via-a", a.url("/via-a"))
+    assert code == 0, out + a.log_text()
+    code, out = dccp(tmp_path / "via-b", b.url("/via-b"))
+    assert code == 0, out + b.log_text()
+    assert pool_of(pg_url, "/via-a") == ("pool-a", len(payload["via-a"]))
+    assert pool_of(pg_url, "/via-b") == ("pool-b", len(payload["via-b"]))
+
+    code, out = dccp(b.url("/via-a"), tmp_path / "back-a")
+    assert code == 0, out + b.log_text() + a.log_text()
+    assert (tmp_path / "back-a").read_bytes() == payload["via-a"]
+    code, out = dccp(a.url("/via-b"), tmp_path / "back-b")
+    assert code == 0, out + a.log_text() + b.log_text()
+    assert (tmp_path / "back-b").read_bytes() == payload["via-b"]
+    assert "mover request" in a.log_text() and "mover request" in b.log_text()
+
+
+def test_a_pool_that_is_down_fails_the_open_clearly_and_the_door_goes_on(nodes, pg_url, tmp_path):
+    a, b = nodes
+    (tmp_path / "f").write_bytes(b"held by b\n" * 1000)
+    code, out = dccp(tmp_path / "f", b.url("/on-b"))
+    assert code == 0, out + b.log_text()
+    b.proc.kill()  # a crash: no goodbye, its registration stays until it ages
+    b.proc.wait()
+
+    started = time.monotonic()
+    code, out = dccp(a.url("/on-b"), tmp_path / "copy", timeout=60)
+    waited = time.monotonic() - started
+    assert code != 0
+    assert "Pool pool-b at 127.0.0.1:%d did not answer within 15 s" % b.port in out, out
+    assert waited < 45
+
+    # once its heartbeat is old the door refuses at once, without asking
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE pool_node SET seen = now() - interval '1 minute' WHERE name = 'pool-b'")
+    started = time.monotonic()
+    code, out = dccp(a.url("/on-b"), tmp_path / "copy", timeout=60)
+    assert code != 0 and "Pool pool-b at 127.0.0.1:%d is down (last heard from" % b.port in out, out
+    assert time.monotonic() - started < 10
+
+    # the door still serves its own pool, and new files go to the live pool
+    code, out = dccp(tmp_path / "f", a.url("/after"))
+    assert code == 0, out + a.log_text()
+    assert pool_of(pg_url, "/after")[0] == "pool-a"
