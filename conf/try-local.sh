@@ -2,7 +2,7 @@
 # The README's examples, against the deployment `make run` starts: run this from the
 # directory `make run` was started in, while it runs.  It stops at the first failure.
 set -eu
-PATH=$PWD/.venv/bin:$PATH
+PATH=$PWD/${VENV:-.venv}/bin:$PATH     # VENV=.venv-pypy after make run PYTHON=pypy3
 door=${DCAP_DOOR:-127.0.0.1}          # host[:port] of the local door
 copy=${TMPDIR:-/tmp}/hosts.copy      # local copies go to a file name, never a directory
 set -x

@@ -224,7 +224,11 @@ def use_asyncio_reactor() -> None:
     from twisted.python import usage
     if "twisted.internet.reactor" not in sys.modules:
         from twisted.internet import asyncioreactor
-        asyncioreactor.install(asyncio.new_event_loop())
+        loop = asyncio.new_event_loop()
+        # Python 3.9's asyncio locks and futures bind to get_event_loop() when made, and
+        # redis-py makes some before the reactor runs: they must get the reactor's loop.
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
         return
     from twisted.internet import reactor
     if getattr(reactor, "_asyncioEventloop", None) is None:

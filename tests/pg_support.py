@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -35,9 +36,12 @@ def missing_reason():
     if postgres_bin() is None:
         return "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin (Debian package postgresql)"
     try:
-        import psycopg  # noqa: F401  (only whether it imports)
+        import psycopg
     except ImportError:
         return "psycopg is not installed (the [postgresql] extra)"
+    if sys.implementation.name == "pypy" and psycopg.pq.__impl__ == "python":
+        return ("psycopg's ctypes libpq binding fails on PyPy 7.3.11 ('cannot create weak "
+                "reference to 'weakref' object' when connecting) and psycopg[binary] has no PyPy wheel")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")

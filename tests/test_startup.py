@@ -5,6 +5,7 @@ and no traceback: under twistd, in the C form, and from a daemon (whose waiting
 parent prints its child's line).
 """
 
+import functools
 import os
 import re
 import shutil
@@ -110,6 +111,16 @@ def test_unwritable_state_directory():
     assert "not writable" in line and "owner or mode" in line
 
 
+@functools.lru_cache(maxsize=None)
+def twistd_fails_on_usage_errors():
+    """Whether this Twisted's twistd exits non-zero after a usage error.
+
+    Releases up to 26.4 (the newest for Python 3.9, so PyPy 3.9's) print the error and
+    exit 0; later ones exit 1.  The message is the same either way.
+    """
+    return run(TWISTD + ["--no-such-option"], "/").returncode != 0
+
+
 def test_bad_batch_or_poollist_ends_with_the_line_naming_it(tmp_path):
     """twistd prints its usage first; the last line names the file, line and reason."""
     batch = tmp_path / "door.batch"
@@ -118,7 +129,8 @@ def test_bad_batch_or_poollist_ends_with_the_line_naming_it(tmp_path):
     for option, path, words in (("--batch", batch, f"{batch}:1: openTimeout"),
                                 ("--poollist", missing, f"{missing}: cannot read")):
         out = run(TWISTD + ["-n", "--pidfile=", "dcap-door", option, str(path)], tmp_path)
-        assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+        assert "Traceback" not in out.stdout + out.stderr
+        assert out.returncode != 0 or not twistd_fails_on_usage_errors(), out.stdout
         assert words in out.stdout.strip().splitlines()[-1]
 
 

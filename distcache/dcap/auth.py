@@ -2,7 +2,8 @@
 
 The file has one account a line, ``user:hash:uid:gid``; blank lines and
 lines starting with ``#`` are kept as they are.  The hash is scrypt
-(``hashlib.scrypt``, in the standard library) with a random salt, stored
+(``hashlib.scrypt``, or cryptography's where the standard library has none,
+as on PyPy 3.9) with a random salt, stored
 with its cost parameters so that stronger settings can come later without
 breaking old lines::
 
@@ -75,8 +76,17 @@ def _unb64(text: str) -> bytes:
 
 def _scrypt(password: str, salt: bytes, ln: int, r: int, p: int, size: int) -> bytes:
     n = 1 << ln
+    if not hasattr(hashlib, "scrypt"):
+        return _openssl_scrypt(password.encode("utf-8"), salt, n, r, p, size)
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
                           maxmem=256 * n * r * p + (1 << 20), dklen=size)
+
+
+def _openssl_scrypt(secret: bytes, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
+    """scrypt from cryptography (OpenSSL's, as hashlib's is), for PyPy 3.9's hashlib, which has none."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=size, n=n, r=r, p=p).derive(secret)
 
 
 def hash_password(password: str, salt: Optional[bytes] = None) -> str:

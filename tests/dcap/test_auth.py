@@ -107,3 +107,22 @@ def test_any_stored_hash_parses_or_is_refused_cleanly(text):
         check_hash(text)
     except PasswordFileError:
         pass
+
+
+# RFC 7914, section 12: scrypt("password", "NaCl", N=1024, r=8, p=16, dkLen=64).
+RFC7914 = bytes.fromhex(
+    "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
+    "2eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640")
+
+
+def test_scrypt_matches_rfc_7914_on_this_runtime():
+    from distcache.dcap.auth import _scrypt
+
+    assert _scrypt("password", b"NaCl", 10, 8, 16, 64) == RFC7914
+
+
+def test_the_fallback_for_a_hashlib_without_scrypt_matches_rfc_7914():
+    """PyPy 3.9's hashlib has no scrypt; cryptography's stands in for it."""
+    from distcache.dcap.auth import _openssl_scrypt
+
+    assert _openssl_scrypt(b"password", b"NaCl", 1024, 8, 16, 64) == RFC7914
