@@ -7,15 +7,15 @@ import time
 
 import pytest
 
-from abuse_support import (Twistd, closed_by_peer, distcache_roundtrip, door_hello_ok,
+from abuse_support import (rss_bound, Twistd, closed_by_peer, distcache_roundtrip, door_hello_ok,
                            memcache_roundtrip, ports, rss_kib)
 from polling import wait_until
 
 IDLE = 1000
 #: resident-set growth allowed while 1,000 idle connections are held (KiB)
-RSS_HELD_BOUND_KIB = 16 * 1024
+RSS_HELD_BOUND_KIB = rss_bound(16 * 1024)
 #: and after they are gone, against the figure before they came (KiB)
-RSS_AFTER_BOUND_KIB = 16 * 1024
+RSS_AFTER_BOUND_KIB = rss_bound(16 * 1024)
 
 
 def open_idle(port, n, source="127.0.0.1"):

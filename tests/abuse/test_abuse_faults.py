@@ -14,14 +14,14 @@ import time
 from distcache import wire
 from distcache.dcap import mover_codec as mc
 
-from abuse_support import (Twistd, distcache_get, distcache_roundtrip, memcache_get,
+from abuse_support import (rss_bound, Twistd, distcache_get, distcache_roundtrip, memcache_get,
                            memcache_roundtrip, rss_kib)
 from conftest import start_cache_stack, stop_all
 from interop_support import DCCP, TRUST_LOCAL, Door, dccp
 from polling import wait_until
 from rawclient import ControlClient, DataClient
 
-RSS_BOUND_KIB = 8 * 1024
+RSS_BOUND_KIB = rss_bound(8 * 1024)
 
 
 def test_disconnects_mid_frame_and_mid_line(cache_stack):
