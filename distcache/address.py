@@ -73,8 +73,12 @@ def parse(text: str) -> Address:
     return Address("endpoint", text)
 
 
-def _unix_path(args: str, whole: str) -> str:
-    """The socket path of a Twisted ``unix:`` endpoint string."""
+def endpoint_fields(args: str):
+    """``(positional, {keyword: value})`` of a Twisted endpoint string's arguments.
+
+    ``args`` is what follows the prefix; ``\\`` escapes a ``:`` or ``=`` as Twisted's
+    own parser does.
+    """
     parts, current, escaped = [], [], False
     for ch in args:
         if escaped:
@@ -88,12 +92,18 @@ def _unix_path(args: str, whole: str) -> str:
         else:
             current.append(ch)
     parts.append("".join(current))
-    for part in parts:
-        for key in ("address=", "path="):  # the server's and the client's keyword
-            if part.startswith(key):
-                return part[len(key):]
-    for part in parts:
-        if "=" not in part and part:
+    fields = dict(part.partition("=")[::2] for part in parts if "=" in part)
+    return [part for part in parts if "=" not in part], fields
+
+
+def _unix_path(args: str, whole: str) -> str:
+    """The socket path of a Twisted ``unix:`` endpoint string."""
+    positional, fields = endpoint_fields(args)
+    for key in ("address", "path"):  # the server's and the client's keyword
+        if key in fields:
+            return fields[key]
+    for part in positional:
+        if part:
             return part
     raise AddressError(f"address {whole!r} names no path")
 

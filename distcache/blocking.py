@@ -53,26 +53,6 @@ class Mode(enum.IntFlag):
     PERSISTENT_LATE = 8
 
 
-def _endpoint_fields(rest: str):
-    """Positional and keyword fields of a Twisted endpoint string's arguments."""
-    parts, current, escaped = [], [], False
-    for ch in rest:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    fields = dict(part.partition("=")[::2] for part in parts if "=" in part)
-    positional = [part for part in parts if "=" not in part]
-    return positional, fields
-
-
 def tls_settings(where: str):
     """``(ssl.SSLContext, server name)`` for a Twisted ``tls:`` string, else None.
 
@@ -83,7 +63,7 @@ def tls_settings(where: str):
     kind, _, rest = where.partition(":")
     if kind != "tls":
         return None
-    positional, fields = _endpoint_fields(rest)
+    positional, fields = address.endpoint_fields(rest)
     host = fields.get("host") or (positional[0] if positional else None)
     if not host:
         raise address.AddressError(f"{where!r} names no host")
@@ -118,7 +98,7 @@ def socket_target(where: str):
         return None, (host, addr.port)
     kind, _, rest = addr.text.partition(":")
     if kind in ("tcp", "tcp6", "tls"):
-        positional, fields = _endpoint_fields(rest)
+        positional, fields = address.endpoint_fields(rest)
         if kind == "tls" and fields.get("endpoint"):
             return socket_target(fields["endpoint"])
         host = fields.get("host") or (positional[0] if positional else None)
