@@ -13,12 +13,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from distcache import address
+from distcache.address import address_text
 from distcache.version import opt_version
 from distcache.configured import ConfiguredService
 from distcache.listening import ConnectionLimits, Listener, parse_limit
 from distcache.startup import StartupError
 from distcache.metrics import DoorCollector, metrics_listener, registry_of
-from distcache.dcap.door import DoorFactory, host_port
+from distcache.dcap.door import DoorFactory
 from distcache.dcap.doorconfig import (
     DEFAULT_MAX_LOGINS, DEFAULT_MAX_LOGINS_PER_PEER, DEFAULT_MAX_WAITING_OPENS,
     DEFAULT_SHUTDOWN_GRACE, DoorConfig, parse_size,
@@ -346,7 +347,7 @@ class DoorService(ConfiguredService):
         self.pool.start_management()
         self._join_cluster(self.reactor)
         host = self.port.getHost()
-        log.info("DCAP door listening on {address}, root {root}", address=host_port(host),
+        log.info("DCAP door listening on {address}, root {root}", address=address_text(host),
                  root=os.path.abspath(self.root))
         log.info("DCAP door clients: {trust}{allowed}",
                  trust=("uid/gid believed from " + ", ".join(self.config.trust_client_uid)
@@ -369,7 +370,7 @@ class DoorService(ConfiguredService):
         listeners = [child for child in self if isinstance(child, Listener)]
         if self.metrics is not None and len(listeners) > 1:
             log.info("DCAP door metrics at http://{address}/metrics",
-                     address=host_port(listeners[1].port.getHost()))
+                     address=address_text(listeners[1].port.getHost()))
         if self.transfer_log is not None:
             log.info("DCAP door transfer log {path}", path=self.transfer_log)
         # The policy line comes last: it says start-up is complete.

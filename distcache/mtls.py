@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from distcache.address import address_text
 from distcache.ratelimit import RateLimitedLog
 
 log = Logger(namespace="distcache.mtls")
@@ -141,12 +142,6 @@ def install_sighup(reactor) -> None:
     _sighup_installed = True
 
 
-def _peer(transport) -> str:
-    peer = transport.getPeer()
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(peer)
-
-
 def _why(reason) -> str:
     if reason is not None and reason.check(SSL.Error):
         details = [part[2] for part in reason.value.args[0] if len(part) == 3] \
@@ -162,7 +157,7 @@ class _VerifyingTLS(TLSMemoryBIOProtocol):
         if not getattr(self, "_handshakeDone", True):
             failure = getattr(self, "_reason", None) or reason
             self.factory.refusals.warn(
-                "TLS client {peer} refused: {why}", peer=_peer(self.transport), why=_why(failure))
+                "TLS client {peer} refused: {why}", peer=address_text(self.transport.getPeer()), why=_why(failure))
         TLSMemoryBIOProtocol.connectionLost(self, reason)
 
 

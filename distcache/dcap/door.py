@@ -29,6 +29,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from distcache.dcap import accounting, control, retention
+from distcache.address import address_text
 from distcache.ratelimit import RateLimitedLogs
 from distcache.dcap.auth import Account, PasswordFile
 from distcache.dcap.control import BadURL, ProtocolError, Request
@@ -57,14 +58,6 @@ DEFAULT_DIR_MODE = 0o700
 
 #: The line libdcap reads as "this door is going away" (any session id).
 SHUTDOWN_LINE = b"0 0 server shutdown\n"
-
-
-def host_port(address) -> str:
-    """An address as host:port for the log."""
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(address)
-    return "[%s]:%s" % (host, address.port) if ":" in host else "%s:%s" % (host, address.port)
 
 
 class DoorProtocol(LineOnlyReceiver):
@@ -101,7 +94,7 @@ class DoorProtocol(LineOnlyReceiver):
 
     def connectionMade(self):
         peer = self.transport.getPeer()
-        self.peer = host_port(peer)
+        self.peer = address_text(peer)
         host = getattr(peer, "host", None)
         allowed = self.config.allowed_subnets
         if allowed and not in_networks(host, allowed):
