@@ -48,7 +48,7 @@ from distcache.dcap.namespace import Subject, listing_text
 from distcache.dcap.session import CLIENT_GONE, DOOR_STOPPING, Session
 from distcache.dcap.trust import in_networks, subject_for
 from distcache.dcap.tunnel import LoginGate
-from distcache.dcap.workers import INLINE
+from distcache.dcap.workers import INLINE, then
 
 log = Logger()
 
@@ -291,7 +291,7 @@ class DoorProtocol(LineOnlyReceiver):
                 r.sid, r.cid, size=e.size, uid=e.uid, gid=e.gid, atime=e.atime, mtime=e.mtime,
                 ctime=e.ctime, kind="dir" if e.is_dir else "file", mode=e.mode, ino=e.ino,
                 nlink=2 if e.is_dir else 1))
-        return _then(self.factory.namespace.lookup(self.path(r), self.subject(r)), reply)
+        return then(self.factory.namespace.lookup(self.path(r), self.subject(r)), reply)
 
     do_lstat = do_stat
 
@@ -401,11 +401,11 @@ class DoorProtocol(LineOnlyReceiver):
                 d.addCallback(lambda fresh: pool.pin(fresh, lifetime))
             d.addErrback(lambda f: log.failure("staging {path} failed", f, path=entry.path))
             self._ok(r)
-        return _then(self.factory.namespace.lookup(self.path(r), self.subject(r)), start)
+        return then(self.factory.namespace.lookup(self.path(r), self.subject(r)), start)
 
     def _ok_after(self, result, r: Request):
         """`ok` once result (a value, or a Deferred from a remote store) is in."""
-        return _then(result, lambda _: self._ok(r))
+        return then(result, lambda _: self._ok(r))
 
     def _ok(self, r: Request):
         self.send(control.ok(r.sid, r.cid))
@@ -464,7 +464,7 @@ class DoorProtocol(LineOnlyReceiver):
             """step(path) once the pnfs id (if any) names a path."""
             if not by_id:
                 return lambda: step(path)
-            return lambda: _then(namespace.get(r.args[0]), lambda entry: step(entry.path))
+            return lambda: then(namespace.get(r.args[0]), lambda entry: step(entry.path))
 
         cluster = self.factory.cluster
         session.queue_name = self._queue_name(session, r)
@@ -721,17 +721,6 @@ class DoorProtocol(LineOnlyReceiver):
             log.info("control connection from {peer} closed: {n} session(s) ended ({why})",
                      peer=self.peer, n=len(sessions), why=why)
         self.factory.session_ended()
-
-
-def _then(result, fn):
-    """fn(result) now when the answer is in hand; after it when it is a Deferred.
-
-    The local namespace answers at once (no Deferred per request); a
-    remote one may return Deferreds, and the door waits for them.
-    """
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(fn)
-    return fn(result)
 
 
 def _is_ip(host: str) -> bool:
