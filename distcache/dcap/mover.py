@@ -11,8 +11,13 @@ for one `Transfer`.
 A data channel is in one of five states (`ChannelState`), and what each
 request does in each state is looked up in `HANDLERS`: the table is the
 specification.  While a reply is streaming the channel stops reading
-requests (they wait in the socket and the parser), and written blocks go
-to the upload file as they arrive.
+requests (they wait in the socket and the parser).  Written blocks go to
+the transfer as they arrive, which batches them onto the pool's disk
+workers; while too many received bytes wait for the disk the channel
+stops reading the connection too.  A block's FIN goes out once its
+bytes are received: a write that fails on the disk later is reported by
+the next FIN and the CLOSE, and the CLOSE waits until every byte is in
+the file.
 """
 
 from __future__ import annotations
@@ -90,6 +95,9 @@ class DataChannel(Protocol):
         self._write_cmd = mc.WRITE     # the accepted WRITE, in RECEIVING
         self._processing = False
         self._close_started = None     # when CLOSE came in, while COMMITTING
+        # Why the transport is paused: "stream" (a reply goes out, requests
+        # wait) and/or "disk" (received bytes wait for the disk workers).
+        self._paused_for: set = set()
 
     # -- connection events ----------------------------------------------
 
@@ -110,7 +118,7 @@ class DataChannel(Protocol):
             self._enter_closed()
             self.transport.abortConnection()
             return
-        self.transfer.attach(self.transport)
+        self._attach(self.transfer)
         self.transport.write(mc.client_hello(self.transfer.sid))
 
     def dataReceived(self, data: bytes) -> None:
@@ -203,7 +211,7 @@ class DataChannel(Protocol):
         self._hello_timer = None
         self.state = S.IDLE
         self.transfer = transfer
-        transfer.attach(self.transport)
+        self._attach(transfer)
         log.info("data connection for session {sid} ({label}) from {peer}",
                  sid=event.sid, label=transfer.label, peer=address_text(self.transport.getPeer()))
 
@@ -212,6 +220,7 @@ class DataChannel(Protocol):
 
     def _data_end(self, event: mc.DataEnd) -> None:
         self.state = S.IDLE
+        self.transfer.flush()
         error = self.transfer.write_error
         if error is None:
             self._reply(mc.fin(self._write_cmd))
@@ -345,17 +354,51 @@ class DataChannel(Protocol):
         self._start_stream(cmd, [(offset, count)])
 
     def _start_stream(self, cmd: int, ranges) -> None:
-        """Answer a read: ACK, DATA blocks, end, FIN; requests wait meanwhile."""
+        """Answer a read: ACK, DATA blocks, end, FIN; requests wait meanwhile.
+
+        A read of an upload waits until what was written is in the file.
+        """
         self.state = S.STREAMING
-        self.transport.pauseProducing()
+        self._pause("stream")
+        settled = self.transfer.settled() if self.transfer.writable else None
+        if settled is None:
+            self._stream_now(cmd, ranges)
+        else:
+            settled.addCallback(lambda _: self._stream_now(cmd, ranges))
+
+    def _stream_now(self, cmd: int, ranges) -> None:
+        if self.state is not S.STREAMING:
+            return  # the connection went while the writes settled
         self._stream = make_stream(self.transport, self.transfer, ranges, cmd, self._stream_done)
         self._stream.start()
 
     def _stream_done(self) -> None:
         self._stream = None
         self.state = S.IDLE
-        self.transport.resumeProducing()
+        self._resume("stream")
         self._process()
+
+    # -- reading the connection, or not --------------------------------
+
+    def _attach(self, transfer: Transfer) -> None:
+        transfer.on_pressure = self._disk_pressure
+        transfer.attach(self.transport)
+
+    def _disk_pressure(self, stop: bool) -> None:
+        """The transfer's received bytes wait for the disk (stop) or no longer do."""
+        (self._pause if stop else self._resume)("disk")
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_for:
+            self.transport.pauseProducing()
+        self._paused_for.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._paused_for:
+            return
+        self._paused_for.discard(reason)
+        if not self._paused_for and self.state is not S.CLOSED:
+            self.transport.resumeProducing()
 
 
 def _table() -> Dict[Tuple[ChannelState, type], Callable]:

@@ -8,13 +8,17 @@ the data-channel protocol: the mover drives it, the door waits on it.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Optional
 
 from twisted.internet import defer
 
-from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_concat, adler32_of_pieces
+from distcache.dcap.checksum import (ADLER32_IMPLEMENTATION, ADLER32_START, BLOCK_SIZE, adler32_concat,
+                                     adler32_of_pieces)
 from distcache.dcap.errors import RC_DISK_IO, TransferError
+from distcache.dcap.uploadwriter import UploadWriter
+from distcache.dcap.workers import INLINE
 
 #: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
 #: fewer trips through the reactor for a write's DATA blocks.
@@ -27,8 +31,9 @@ UNSUMMED_LIMIT = 4 * 1024 * 1024
 
 #: Pieces at least this long are summed on the pool's disk workers, beside
 #: the reactor receiving the next block; shorter ones at once (a thread hop
-#: costs more than their sum).
-THREAD_SUM_MIN = 256 * 1024
+#: costs more than their sum).  ISA-L sums even the longest piece the
+#: reactor holds back (UNSUMMED_LIMIT) in less time than a hop takes.
+THREAD_SUM_MIN = 256 * 1024 if ADLER32_IMPLEMENTATION == "zlib" else UNSUMMED_LIMIT + 1
 
 #: Bytes whose sums may be running on workers for one transfer; past it the
 #: reactor sums itself, so a checksum slower than the network cannot pile
@@ -104,7 +109,13 @@ class Transfer:
         # a Deferred of it while a worker sums]; joined at commit.
         self._pieces: list = []
         self._summing_bytes = 0
-        self._fpos = -1
+        # Writes to the upload go through this, made at the first one.
+        self._writer: Optional[UploadWriter] = None
+        #: Called with True when the data connection should stop being read
+        #: (too many received bytes wait for the disk) and False when it may
+        #: go on; the data channel sets it.  Without one the transport itself
+        #: is paused and resumed.
+        self.on_pressure = None
 
     @property
     def ended(self) -> bool:
@@ -138,20 +149,42 @@ class Transfer:
     # -- file access ---------------------------------------------------
 
     def read_at(self, offset: int, count: int) -> bytes:
-        f = self.upload.file if self.upload is not None else self.source
+        """count bytes at offset; an upload's only once settled() has fired."""
+        if self.upload is not None:
+            return os.pread(self.upload.file.fileno(), count, offset)
+        f = self.source
         f.seek(offset)
-        self._fpos = -1
         return f.read(count)
 
+    def _upload_writer(self) -> UploadWriter:
+        if self._writer is None:
+            f = self.upload.file
+            f.flush()  # anything written through the file object goes first
+            workers = getattr(getattr(self.upload, "pool", None), "workers", None) or INLINE
+            self._writer = UploadWriter(f.fileno(), workers, on_pressure=self._pressure,
+                                        on_error=self._write_failed)
+        return self._writer
+
+    def _pressure(self, stop: bool) -> None:
+        if self.on_pressure is not None:
+            self.on_pressure(stop)
+        elif self._transport is not None:
+            (self._transport.pauseProducing if stop else self._transport.resumeProducing)()
+
+    def _write_failed(self, e: OSError) -> None:
+        if self.write_error is None:
+            self.write_error = TransferError(RC_DISK_IO, "write failed: %s" % (e.strerror or e,), "EIO")
+
     def write_at(self, offset: int, data: bytes) -> None:
-        """Write data at offset; data is kept for the checksum until summed, so a
-        mutable buffer is copied (the mover's are views of received bytes)."""
+        """Write data at offset, through the pool's disk workers.
+
+        data is kept until written and summed, so a mutable buffer is copied
+        (the mover's are views of received bytes).  A failure of the disk
+        shows as write_error, at once or by a later FIN or the CLOSE.
+        """
         if not isinstance(data, bytes) and not (
                 isinstance(data, memoryview) and isinstance(data.obj, bytes)):
             data = bytes(data)
-        f = self.upload.file
-        if offset != self._fpos:
-            f.seek(offset)
         if self._adler is not None:
             if offset == self.size:
                 self._unsummed.append(data)
@@ -161,13 +194,23 @@ class Transfer:
                 self._unsummed.clear()
                 self._unsummed_bytes = 0
                 self._pieces.clear()
-        f.write(data)
+        self._upload_writer().write(offset, data)
         if self._unsummed_bytes > UNSUMMED_LIMIT:
             self.sum_stored()
         end = offset + len(data)
-        self._fpos = end
         if end > self.size:
             self.size = end
+
+    def flush(self) -> None:
+        """The client ended a DATA stream: write what waits without waiting for a full batch."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def settled(self):
+        """None when every stored byte is in the file (or failed), else a Deferred firing then."""
+        if self._writer is None:
+            return None
+        return self._writer.when_idle()
 
     def sum_stored(self) -> None:
         """Start the adler32 of the bytes stored since the last call.
@@ -247,12 +290,23 @@ class Transfer:
         None when done at once, or a Deferred when the pool's workers sync and
         checksum off the reactor; failures are TransferErrors either way.
         """
-        if self.write_error is not None:
-            if self.upload is not None:
-                self.upload.abort()
-            raise self.write_error
         if self.upload is None:
+            if self.write_error is not None:
+                raise self.write_error
             return None
+        written = self.settled()
+        if written is not None:
+            # The CLOSE is answered once the last batches are in the file.
+            return written.addCallback(lambda _: self._commit_settled(client_adler32)).addErrback(
+                lambda f: _raise(_as_transfer_error(f.value)))
+        return self._commit_settled(client_adler32)
+
+    def _commit_settled(self, client_adler32: Optional[int]):
+        if self.write_error is not None:
+            self.upload.abort()
+            raise self.write_error
+        if self.ended:
+            raise TransferError(RC_DISK_IO, "transfer ended before its close", "EIO")
         adler = self._joined_adler()
         if isinstance(adler, defer.Deferred):
             result = adler.addCallback(self._commit_upload, client_adler32)
@@ -279,11 +333,23 @@ class Transfer:
         if self.ended:
             return
         if error is not None and self.upload is not None:
-            self.upload.abort()
+            self._abort_upload()
         if self.source is not None:
             self.source.close()
             self.source = None
         self.outcome.callback(error)
+
+    def _abort_upload(self) -> None:
+        """Discard the upload; a batch a worker is writing finishes first (it uses the file)."""
+        writer = self._writer
+        if writer is not None:
+            writer.discard()
+            running = writer.when_idle()
+            if running is not None:
+                upload = self.upload
+                running.addCallback(lambda _: upload.abort())
+                return
+        self.upload.abort()
 
     def kill(self, reason: str) -> None:
         """End the transfer from the door's side (client gone, timeout)."""
