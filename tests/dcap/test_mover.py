@@ -1,6 +1,7 @@
 """The mover's DataChannel on a StringTransport, with real pool uploads in tmp."""
 
 import io
+import os
 import socket
 import struct
 import zlib
@@ -15,6 +16,7 @@ from distcache.dcap.errors import NotFound
 from distcache.dcap.mover import DataChannel
 from distcache.dcap.namespace import ROOT
 from distcache.dcap import transfer as transfer_module
+from distcache.dcap import uploadwriter
 from distcache.dcap.checksum import adler32_of_pieces
 from distcache.dcap.transfer import TCP_QUICKACK, Transfer
 from distcache.dcap.pool import open_pool
@@ -427,3 +429,103 @@ def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool, sum
     assert (code, cmd) == (mc.ACK, mc.CLOSE) and rc != 0
     with pytest.raises(NotFound):
         pool.engine.lookup("/bad", ROOT)
+
+
+def test_received_bytes_waiting_for_a_slow_disk_pause_reading_until_written(pool):
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/slow")
+    ch, t = channel_for(tr)
+    payload = bytes(range(256)) * (12 * 4096 + 7)  # ~12 MiB, past the writer's high water
+    stream = mc.encode_write() + mc.encode_data(payload, block=1 << 20)
+    for i in range(0, len(stream), 256 * 1024):
+        ch.dataReceived(stream[i:i + 256 * 1024])
+    assert t.producerState == "paused"
+    assert tr._writer.queued > uploadwriter.HIGH_WATER
+    while later.waiting:
+        later.finish(range(len(later.waiting)))
+    assert t.producerState == "producing"
+    t.clear()
+    ch.dataReceived(mc.encode_close(zlib.adler32(payload)))
+    while later.waiting:
+        later.finish(range(len(later.waiting)))
+    assert Replies(t.value()).reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    with pool.open_read(pool.namespace.lookup("/slow", ROOT)) as f:
+        assert f.read() == payload
+
+
+def test_a_disk_failure_after_a_fin_fails_the_next_fin_and_the_close(pool, monkeypatch):
+    """The FIN of a block goes out before its bytes are on disk; a write failing later is reported next."""
+    up = pool.open_write("/kept", ROOT, 0o644)
+    up.file.write(b"old contents")
+    up.commit()
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/kept")
+    outcome = []
+    tr.outcome.addCallback(outcome.append)
+    ch, t = channel_for(tr)
+
+    def full(fd, segments):
+        raise OSError(28, "No space left on device")
+
+    ch.dataReceived(mc.encode_write() + mc.encode_data(b"first block"))
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    (d, fn, args), = later.waiting
+    later.waiting = [(d, full, args)]
+    later.finish([0])
+    ch.dataReceived(mc.encode_write() + mc.encode_data(b"second"))
+    r.data = t.value()
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    fin = r.reply()
+    assert fin[:2] == (mc.FIN, mc.WRITE) and fin[2] != 0 and b"No space left" in fin[3]
+    ch.dataReceived(mc.encode_close(None))
+    r.data = t.value()
+    close = r.reply()
+    assert close[:2] == (mc.ACK, mc.CLOSE) and close[2] != 0 and r.done()
+    assert outcome and outcome[0] is not None
+    with pool.open_read(pool.namespace.lookup("/kept", ROOT)) as f:
+        assert f.read() == b"old contents"
+    assert os.listdir(pool.incoming_dir) == []
+
+
+def test_reading_back_an_upload_waits_until_its_writes_are_in_the_file(pool):
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/rb")
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_write() + mc.encode_data(b"hello world")
+                    + mc.encode_seek_and_read(6, mc.SEEK_SET, 5) + mc.encode_locate())
+    r = Replies(t.value())
+    assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
+    assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
+    assert r.done()  # the read waits for the write; the LOCATE behind it too
+    assert t.producerState == "paused"
+    later.finish([0])
+    r.data = t.value()
+    assert r.reply()[:3] == (mc.ACK, mc.SEEK_AND_READ, 0)
+    assert b"".join(r.data_blocks()) == b"world"
+    assert r.reply()[:3] == (mc.FIN, mc.SEEK_AND_READ, 0)
+    assert r.reply() == (mc.ACK, mc.LOCATE, 0, struct.pack(">qq", 11, 11))
+    assert t.producerState == "producing"
+
+
+def test_a_connection_lost_while_a_batch_is_written_discards_the_upload_after_the_batch(pool):
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/gone")
+    outcome = []
+    tr.outcome.addCallback(outcome.append)
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_write() + mc.encode_data(b"x" * 5000))
+    assert len(later.waiting) == 1
+    temp = tr.upload.temp_path
+    ch.connectionLost(None)
+    assert outcome and outcome[0] is not None
+    assert os.path.exists(temp) and not tr.upload.file.closed  # the worker still writes into it
+    later.finish([0])
+    assert not os.path.exists(temp) and tr.upload.file.closed
+    with pytest.raises(NotFound):
+        pool.namespace.lookup("/gone", ROOT)
