@@ -226,7 +226,6 @@ class DataChannel(Protocol):
             self._reply(mc.fin(self._write_cmd))
         else:
             self._reply(mc.fin_error(self._write_cmd, error.rc, error.message))
-        self.transfer.sum_stored()  # while the client reads its next block
 
     def _read(self, event: mc.Read) -> None:
         self._read_from(mc.READ, self.transfer.position, event.count)

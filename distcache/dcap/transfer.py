@@ -14,8 +14,7 @@ from typing import Optional
 
 from twisted.internet import defer
 
-from distcache.dcap.checksum import (ADLER32_IMPLEMENTATION, ADLER32_START, BLOCK_SIZE, adler32_concat,
-                                     adler32_of_pieces)
+from distcache.dcap.checksum import ADLER32_START, BLOCK_SIZE, adler32_concat
 from distcache.dcap.errors import RC_DISK_IO, TransferError
 from distcache.dcap.uploadwriter import UploadWriter
 from distcache.dcap.workers import INLINE
@@ -23,22 +22,6 @@ from distcache.dcap.workers import INLINE
 #: Bytes asked of a data socket per read (Twisted's default is 64 KiB):
 #: fewer trips through the reactor for a write's DATA blocks.
 RECEIVE_SIZE = 256 * 1024
-
-#: Received bytes a write may hold back from its running checksum: the sum
-#: of a block is taken after its FIN is out, while the client reads its
-#: next block, but never over more than this.
-UNSUMMED_LIMIT = 4 * 1024 * 1024
-
-#: Pieces at least this long are summed on the pool's disk workers, beside
-#: the reactor receiving the next block; shorter ones at once (a thread hop
-#: costs more than their sum).  ISA-L sums even the longest piece the
-#: reactor holds back (UNSUMMED_LIMIT) in less time than a hop takes.
-THREAD_SUM_MIN = 256 * 1024 if ADLER32_IMPLEMENTATION == "zlib" else UNSUMMED_LIMIT + 1
-
-#: Bytes whose sums may be running on workers for one transfer; past it the
-#: reactor sums itself, so a checksum slower than the network cannot pile
-#: received blocks up in memory.
-THREAD_SUM_LIMIT = 8 * 1024 * 1024
 
 #: Linux's TCP_QUICKACK (None elsewhere): acknowledge what arrived at once.
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -103,12 +86,10 @@ class Transfer:
         self._transport = None
         # running adler32, valid while the file is written front to back
         self._adler: Optional[int] = ADLER32_START if size == 0 else None
-        self._unsummed: list = []       # stored bytes not yet summed, in order
-        self._unsummed_bytes = 0
-        # Pieces summed apart, after _adler and in order: [length, adler32 or
-        # a Deferred of it while a worker sums]; joined at commit.
+        # The sums of the batches the workers write, after _adler and in
+        # order: [length, adler32, or a Deferred of it while a worker
+        # writes and sums]; joined at commit.
         self._pieces: list = []
-        self._summing_bytes = 0
         # Writes to the upload go through this, made at the first one.
         self._writer: Optional[UploadWriter] = None
         #: Called with True when the data connection should stop being read
@@ -162,8 +143,36 @@ class Transfer:
             f.flush()  # anything written through the file object goes first
             workers = getattr(getattr(self.upload, "pool", None), "workers", None) or INLINE
             self._writer = UploadWriter(f.fileno(), workers, on_pressure=self._pressure,
-                                        on_error=self._write_failed)
+                                        on_error=self._write_failed,
+                                        on_batch=self._batch_summed if self._adler is not None else None)
         return self._writer
+
+    def _batch_summed(self, length: int, value) -> None:
+        """A batch of appended bytes went to a worker, which sums it too."""
+        if self._adler is None:
+            return
+        if isinstance(value, defer.Deferred):
+            piece = [length, value]
+            self._pieces.append(piece)
+
+            def summed(result):
+                piece[1] = result
+                return result
+
+            value.addCallback(summed)
+        elif value is None:
+            self._no_sum()
+        elif not self._pieces:
+            self._adler = adler32_concat(self._adler, value, length)
+        else:
+            self._pieces.append([length, value])
+
+    def _no_sum(self) -> None:
+        """The running checksum cannot be followed: the pool sums the file at commit."""
+        self._adler = None
+        self._pieces.clear()
+        if self._writer is not None:
+            self._writer.on_batch = None
 
     def _pressure(self, stop: bool) -> None:
         if self.on_pressure is not None:
@@ -185,18 +194,10 @@ class Transfer:
         if not isinstance(data, bytes) and not (
                 isinstance(data, memoryview) and isinstance(data.obj, bytes)):
             data = bytes(data)
-        if self._adler is not None:
-            if offset == self.size:
-                self._unsummed.append(data)
-                self._unsummed_bytes += len(data)
-            else:
-                self._adler = None
-                self._unsummed.clear()
-                self._unsummed_bytes = 0
-                self._pieces.clear()
-        self._upload_writer().write(offset, data)
-        if self._unsummed_bytes > UNSUMMED_LIMIT:
-            self.sum_stored()
+        writer = self._upload_writer()
+        if self._adler is not None and offset != self.size:
+            self._no_sum()
+        writer.write(offset, data)
         end = offset + len(data)
         if end > self.size:
             self.size = end
@@ -212,48 +213,8 @@ class Transfer:
             return None
         return self._writer.when_idle()
 
-    def sum_stored(self) -> None:
-        """Start the adler32 of the bytes stored since the last call.
-
-        The mover calls this once a block's FIN is on its way.  A large
-        piece is summed on the pool's disk workers while the reactor takes
-        the next block (zlib releases the GIL); a small one, or any when too
-        much is being summed already, at once.  commit() joins the pieces.
-        """
-        chunks, length = self._unsummed, self._unsummed_bytes
-        self._unsummed, self._unsummed_bytes = [], 0
-        if self._adler is None or not length:
-            return
-        workers = getattr(getattr(self.upload, "pool", None), "workers", None)
-        if (workers is None or length < THREAD_SUM_MIN
-                or self._summing_bytes + length > THREAD_SUM_LIMIT):
-            value = adler32_of_pieces(chunks)
-        else:
-            value = workers.disk(adler32_of_pieces, chunks)
-        if not isinstance(value, defer.Deferred):
-            if not self._pieces:
-                self._adler = adler32_concat(self._adler, value, length)
-            else:
-                self._pieces.append([length, value])
-            return
-        piece = [length, value]
-        self._pieces.append(piece)
-        self._summing_bytes += length
-
-        def summed(result):
-            piece[1] = result
-            self._summing_bytes -= length
-            return result
-
-        def failed(failure):
-            self._summing_bytes -= length
-            return failure
-
-        value.addCallbacks(summed, failed)
-
     def _joined_adler(self):
         """The running adler32 with every piece in: a value, or a Deferred while workers sum."""
-        self.sum_stored()
         pending = [p[1] for p in self._pieces if isinstance(p[1], defer.Deferred)]
 
         def join(_=None):
@@ -261,6 +222,8 @@ class Transfer:
                 return None
             adler = self._adler
             for length, value in self._pieces:
+                if value is None:
+                    return None  # a batch went unsummed: the pool sums the file
                 adler = adler32_concat(adler, value, length)
             self._pieces.clear()
             self._adler = adler

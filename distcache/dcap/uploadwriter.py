@@ -15,6 +15,12 @@ and below `LOW_WATER` to read again (`on_pressure(False)`).
 
 The first failed write is kept in `error` and reported to `on_error`;
 nothing is written after it (the file has a hole and must not commit).
+
+With `on_batch` set, the worker that writes a batch also takes the
+adler32 of its bytes (a checksum over bytes the cache still holds costs
+little there, and nothing on the reactor); `on_batch(length, sum)` is
+called as each batch is handed out, in order, with the sum or a Deferred
+of it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Callable, List, Optional, Tuple
 
 from twisted.internet import defer
 
+from distcache.dcap.checksum import adler32_of_pieces
 from distcache.dcap.workers import INLINE
 
 #: Bytes gathered before a batch goes to a worker without waiting for a flush.
@@ -65,6 +72,13 @@ def write_segments(fd: int, segments: List[Segment]) -> None:
                     n = 0
 
 
+def write_and_sum(fd: int, segments: List[Segment]) -> int:
+    """write_segments, then the adler32 of every piece written, in order."""
+    write_segments(fd, segments)
+    value = adler32_of_pieces(p for _, pieces in segments for p in pieces)
+    return value
+
+
 class UploadWriter:
     """Write one file's received bytes off the reactor, batch after batch.
 
@@ -77,12 +91,14 @@ class UploadWriter:
     def __init__(self, fd: int, workers=INLINE,
                  on_pressure: Optional[Callable[[bool], None]] = None,
                  on_error: Optional[Callable[[OSError], None]] = None,
+                 on_batch: Optional[Callable[[int, object], None]] = None,
                  batch_size: int = BATCH_SIZE, high_water: int = HIGH_WATER,
                  low_water: int = LOW_WATER):
         self.fd = fd
         self.workers = workers
         self.on_pressure = on_pressure
         self.on_error = on_error
+        self.on_batch = on_batch
         self.batch_size = batch_size
         self.high_water = high_water
         self.low_water = low_water
@@ -95,6 +111,7 @@ class UploadWriter:
         self._running = 0                   # bytes of the batch a worker writes now
         self._flush_wanted = False
         self._idle_waiters: List[defer.Deferred] = []
+        self._sum: Optional[defer.Deferred] = None  # the running batch's sum, for on_batch
 
     @property
     def queued(self) -> int:
@@ -154,17 +171,32 @@ class UploadWriter:
         segments, self._segments = self._segments, []
         self._running, self._pending = self._pending, 0
         self._flush_wanted = False
+        on_batch = self.on_batch
         try:
-            result = self.workers.disk(write_segments, self.fd, segments)
+            result = self.workers.disk(write_segments if on_batch is None else write_and_sum,
+                                       self.fd, segments)
         except OSError as e:
+            if on_batch is not None:
+                on_batch(self._running, None)
             self._failed(e)
             return
         if isinstance(result, defer.Deferred):
+            if on_batch is not None:
+                self._sum = defer.Deferred()
+                on_batch(self._running, self._sum)
             result.addCallbacks(self._written, self._write_failed)
         else:
+            if on_batch is not None:
+                on_batch(self._running, result)
             self._written(result)
 
-    def _written(self, _) -> None:
+    def _deliver_sum(self, value) -> None:
+        summed, self._sum = self._sum, None
+        if summed is not None:
+            summed.callback(value)
+
+    def _written(self, value) -> None:
+        self._deliver_sum(value)
         self._running = 0
         if self.error is None and self._segments:
             self._start()
@@ -177,6 +209,7 @@ class UploadWriter:
         self._failed(e)
 
     def _failed(self, e: OSError) -> None:
+        self._deliver_sum(None)  # no sum: the upload cannot commit
         self._running = 0
         self._segments = []
         self._pending = 0

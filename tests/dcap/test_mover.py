@@ -15,9 +15,7 @@ from distcache.dcap.checksum import BLOCK_SIZE
 from distcache.dcap.errors import NotFound
 from distcache.dcap.mover import DataChannel
 from distcache.dcap.namespace import ROOT
-from distcache.dcap import transfer as transfer_module
 from distcache.dcap import uploadwriter
-from distcache.dcap.checksum import adler32_of_pieces
 from distcache.dcap.transfer import TCP_QUICKACK, Transfer
 from distcache.dcap.pool import open_pool
 from distcache.dcap.dataport import DataPort
@@ -342,16 +340,6 @@ def test_every_read_of_a_write_is_acknowledged_at_once(pool):
         sock.close()
 
 
-#: Pieces this long are summed on the workers in the tests that say so
-#: (with ISA-L the door sums every piece on the reactor).
-THREAD_SUM_MIN = 256 * 1024
-
-
-@pytest.fixture
-def summed_on_workers(monkeypatch):
-    monkeypatch.setattr(transfer_module, "THREAD_SUM_MIN", THREAD_SUM_MIN)
-
-
 class _LaterWorkers:
     """Pool workers whose disk work (writes, checksums, the commit's seal) finishes when the test says."""
 
@@ -366,10 +354,6 @@ class _LaterWorkers:
     def database(self, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
-    def sums(self):
-        """How many checksums wait."""
-        return sum(1 for _, fn, _ in self.waiting if fn is adler32_of_pieces)
-
     def finish(self, order):
         waiting, self.waiting = self.waiting, []
         for i in order:
@@ -382,13 +366,13 @@ class _LaterWorkers:
                 d.callback(result)
 
 
-def test_large_blocks_are_summed_off_the_reactor_and_joined_in_order_at_close(pool, summed_on_workers):
-    """The FIN of each block goes out first; CLOSE waits for the sums, in any finishing order."""
+def test_blocks_are_written_and_summed_on_the_workers_and_joined_in_order_at_close(pool):
+    """Each block's FIN goes out before its bytes are written; CLOSE waits for the writes and their sums."""
     later = _LaterWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/big")
     ch, t = channel_for(tr)
-    block = THREAD_SUM_MIN + 5
+    block = uploadwriter.BATCH_SIZE // 2 + 5
     payload = bytes(range(251)) * (3 * block // 251 + 1)
     payload = payload[:3 * block] + b"tail"
     stream = (mc.encode_write() + mc.encode_data(payload[:block], block=block)
@@ -400,26 +384,27 @@ def test_large_blocks_are_summed_off_the_reactor_and_joined_in_order_at_close(po
     for _ in range(3):
         assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
         assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
-    assert later.sums() == 2  # two large pieces on workers; the 4-byte tail summed at once
+    assert len(later.waiting) == 1  # one batch at a time for a file; the rest gathers behind it
+    assert all(fn is uploadwriter.write_and_sum for _, fn, _ in later.waiting)
     t.clear()
     ch.dataReceived(mc.encode_close(zlib.adler32(payload)))
-    assert t.value() == b""  # the close waits for the sums and the writes
-    # the commit's own disk work queues behind them; finish the sums last one first
-    sums = [i for i, (_, fn, _) in enumerate(later.waiting) if fn is adler32_of_pieces]
-    later.finish(sums[::-1] + [i for i in range(len(later.waiting)) if i not in sums])
+    assert t.value() == b""  # the close waits for the writes and their sums
+    batches = 0
     while later.waiting:
+        batches += sum(1 for _, fn, _ in later.waiting if fn is uploadwriter.write_and_sum)
         later.finish(range(len(later.waiting)))
+    assert batches == 2  # the first block alone, then all that gathered behind it
     assert Replies(t.value()).reply()[:3] == (mc.ACK, mc.CLOSE, 0)
     entry = pool.engine.lookup("/big", ROOT)
     assert entry.size == len(payload) and entry.adler32 == zlib.adler32(payload)
 
 
-def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool, summed_on_workers):
+def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool):
     later = _LaterWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/bad")
     ch, t = channel_for(tr)
-    payload = b"z" * (THREAD_SUM_MIN * 2)
+    payload = b"z" * (uploadwriter.BATCH_SIZE * 2)
     ch.dataReceived(mc.encode_write() + mc.encode_data(payload, block=len(payload)))
     t.clear()
     ch.dataReceived(mc.encode_close(zlib.adler32(payload) ^ 1))
@@ -429,6 +414,28 @@ def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool, sum
     assert (code, cmd) == (mc.ACK, mc.CLOSE) and rc != 0
     with pytest.raises(NotFound):
         pool.engine.lookup("/bad", ROOT)
+
+
+def test_a_write_out_of_order_leaves_the_checksum_to_the_pool(pool):
+    """A seek back ends the running sum; the pool sums the file at commit, and it still matches."""
+    later = _LaterWorkers()
+    pool.workers = later
+    tr = write_transfer(pool, "/seeky")
+    ch, t = channel_for(tr)
+    ch.dataReceived(mc.encode_write() + mc.encode_data(b"a" * 3000)
+                    + mc.encode_seek_and_write(10, mc.SEEK_SET) + mc.encode_data(b"BBB"))
+    final = b"a" * 10 + b"BBB" + b"a" * 2987
+    ch.dataReceived(mc.encode_close(zlib.adler32(final)))
+    while later.waiting:
+        later.finish(range(len(later.waiting)))
+    replies = Replies(t.value())
+    for _ in range(4):
+        replies.reply()
+    assert replies.reply()[:3] == (mc.ACK, mc.CLOSE, 0)
+    entry = pool.engine.lookup("/seeky", ROOT)
+    assert entry.adler32 == zlib.adler32(final)
+    with pool.open_read(entry) as f:
+        assert f.read() == final
 
 
 def test_received_bytes_waiting_for_a_slow_disk_pause_reading_until_written(pool):

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import zlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -221,3 +222,50 @@ def test_any_writes_end_as_the_same_bytes_as_writing_them_in_order(tmp_path_fact
         assert contents(fd) == bytes(expected)
     finally:
         os.close(fd)
+
+
+def test_each_batch_is_summed_by_the_worker_that_writes_it_and_reported_in_order(fd):
+    disk = HeldDisk()
+    sums = []
+    w = UploadWriter(fd, disk, on_batch=lambda n, s: sums.append((n, s)), batch_size=5)
+    w.write(0, b"hello")
+    w.write(5, b" wor")
+    w.write(9, b"ld")
+    assert [n for n, _ in sums] == [5] and not sums[0][1].called
+    disk.run_one()
+    assert sums[0][1].result == zlib.adler32(b"hello")
+    assert [n for n, _ in sums] == [5, 6]  # the next batch went as the first came back
+    disk.run_one()
+    assert sums[1][1].result == zlib.adler32(b" world")
+    assert contents(fd) == b"hello world"
+
+
+def test_an_inline_writer_reports_sums_as_values_and_a_failed_batch_as_none(tmp_path):
+    fd = os.open(str(tmp_path / "f"), os.O_RDWR | os.O_CREAT, 0o600)
+    ro = os.open(str(tmp_path / "f"), os.O_RDONLY)
+    try:
+        sums = []
+        w = UploadWriter(fd, INLINE, on_batch=lambda n, s: sums.append((n, s)), batch_size=3)
+        w.write(0, b"abc")
+        assert sums == [(3, zlib.adler32(b"abc"))]
+        failed = []
+        bad = UploadWriter(ro, INLINE, on_batch=lambda n, s: failed.append((n, s)), batch_size=3)
+        bad.write(0, b"xyz")
+        assert failed == [(3, None)] and bad.error is not None
+    finally:
+        os.close(fd)
+        os.close(ro)
+
+
+def test_a_failed_batch_reports_no_sum(fd, monkeypatch):
+    def broken(f, views, offset):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(uploadwriter, "_pwritev", broken)
+    monkeypatch.setattr(uploadwriter.os, "pwrite", broken)
+    disk = HeldDisk()
+    sums = []
+    w = UploadWriter(fd, disk, on_batch=lambda n, s: sums.append((n, s)), batch_size=2)
+    w.write(0, b"ab")
+    disk.run_all()
+    assert len(sums) == 1 and sums[0][1].result is None and w.error.errno == errno.EIO
