@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from distcache.dcap.checksum import (
-    ADLER32_START, BLOCK_SIZE, adler32_concat, adler32_of, adler32_of_file, adler32_of_pieces,
+    ADLER32_IMPLEMENTATION, ADLER32_START, BLOCK_SIZE, adler32_concat, adler32_of, adler32_of_file,
+    adler32_of_pieces,
 )
 
 
@@ -48,3 +49,15 @@ def test_adler32_of_pieces_reads_views_as_their_bytes():
     data = bytes(range(256)) * 50
     view = memoryview(data)
     assert adler32_of_pieces([view[:100], view[100:7000], b"", view[7000:]]) == zlib.adler32(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=70000), max_size=4), st.integers(0, 0xFFFFFFFF))
+def test_the_implementation_in_use_sums_as_zlib_does_from_any_running_value(pieces, start):
+    """ISA-L's adler32, when installed, must give zlib's values (start: any 32-bit running value)."""
+    start = ((start >> 16) % 65521) << 16 | (start & 0xFFFF) % 65521
+    expected = start
+    for piece in pieces:
+        expected = zlib.adler32(piece, expected)
+    assert adler32_of_pieces(pieces, start) == expected
+    assert ADLER32_IMPLEMENTATION in ("isal", "zlib")
