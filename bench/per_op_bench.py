@@ -13,9 +13,16 @@ unix sockets, one after another:
 and each is driven by raw-socket load processes for three loads:
 
 - ``conn/op``: a new connection per operation (how mod_socache_dc and most C users call
-  dc_client), several processes at once;
+  dc_client), many connections under way at once;
 - ``1 in flight``: one persistent connection, one request at a time (latency bound);
 - ``32 in flight``: pipelined, 32 requests in flight on each of several connections.
+
+The load comes from ``bench/perop_load.c``, compiled on first use with ``cc -O2`` into
+``bench/.build/``: forked processes, each driving many connections from one poll loop,
+far cheaper per request than the servers, so that the servers set the figures (a Python
+load process spends about as long per request as the server it drives).  Without a C
+compiler (or with ``--load python``) Python worker processes make the load instead, and
+the header says so.
 
 Every reply is compared with the expected bytes.  The table gives ops/s, p50 and p99
 latency, and ratios measured within the same run (the machine's cores are shared, so
@@ -33,8 +40,11 @@ over 50,000 sessions of 200 bytes).
 from __future__ import annotations
 
 import argparse
+import array
+import hashlib
 import multiprocessing
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -166,11 +176,120 @@ def _in_flight(path, seconds, depth, connections, out):
     out.put(latencies)
 
 
-LOADS = {
+PYTHON_LOADS = {
     "conn/op": dict(processes=4, target=_conn_per_op, args=()),
     "1 in flight": dict(processes=1, target=_in_flight, args=(1, 1)),
     "32 in flight": dict(processes=2, target=_in_flight, args=(32, 2)),
 }
+
+
+def python_latencies(path: str, load: str, seconds: float) -> List[float]:
+    """Latencies in seconds of one load made by Python worker processes."""
+    spec = PYTHON_LOADS[load]
+    out = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=spec["target"], args=(path, seconds, *spec["args"], out))
+             for _ in range(spec["processes"])]
+    for p in procs:
+        p.start()
+    latencies: List[float] = []
+    for _ in procs:
+        latencies += out.get(timeout=seconds + 120)
+    for p in procs:
+        p.join(10)
+        if p.exitcode:
+            raise SystemExit(f"a {load} worker failed against {path}")
+    return latencies
+
+
+# The C load generator ------------------------------------------------------------------
+
+C_SOURCE = ROOT / "bench" / "perop_load.c"
+C_BUILD = ROOT / "bench" / ".build"
+
+# Forked processes, connections per process, requests in flight per connection.  The
+# machine's two cores are shared by the load and the servers (two of them behind
+# dc_client), so one process with many connections: it keeps a server saturated with
+# about a third of a core.  conn/op keeps 32 connections under way, fewer than a Twisted
+# listener's default backlog of 50; 32 in flight spreads over 8 connections (with 4, a
+# PyPy server was left idle a quarter of the time).  ``1 in flight`` is one connection,
+# one request: latency bound by definition.
+C_LOADS = {
+    "conn/op": dict(mode="conn", processes=1, connections=32, depth=1),
+    "1 in flight": dict(mode="pipe", processes=1, connections=1, depth=1),
+    "32 in flight": dict(mode="pipe", processes=1, connections=8, depth=32),
+}
+
+LOADS = list(C_LOADS)
+assert LOADS == list(PYTHON_LOADS)
+
+
+def c_compiler() -> List[str]:
+    """$CC, or cc (gcc) from PATH; empty without one."""
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or ""]
+    return cc if cc[0] and shutil.which(cc[0]) else []
+
+
+def build_c_load(cc: List[str]) -> Path:
+    """The load generator compiled by ``cc``, built once per version of its source."""
+    digest = hashlib.sha256(C_SOURCE.read_bytes()).hexdigest()[:16]
+    binary = C_BUILD / f"perop_load-{digest}"
+    if not binary.exists():
+        C_BUILD.mkdir(exist_ok=True)
+        for stale in C_BUILD.glob("perop_load-*"):  # built from an earlier source
+            stale.unlink()
+        partial = C_BUILD / f".perop_load-{digest}.{os.getpid()}"
+        built = subprocess.run([*cc, "-O2", "-o", str(partial), str(C_SOURCE)],
+                               capture_output=True, text=True)
+        if built.returncode:
+            raise SystemExit(f"{' '.join(cc)} could not build {C_SOURCE}:\n{built.stderr}")
+        os.replace(partial, binary)
+    return binary
+
+
+def c_latencies(binary: Path, path: str, load: str, seconds: float) -> List[float]:
+    """Latencies in seconds of one load made by the C load generator."""
+    spec = C_LOADS[load]
+    with tempfile.TemporaryDirectory(prefix="perop-load-") as scratch:
+        out = os.path.join(scratch, "latencies")
+        run = subprocess.run(
+            [str(binary), "-p", path, "-m", spec["mode"], "-s", repr(seconds),
+             "-P", str(spec["processes"]), "-c", str(spec["connections"]),
+             "-d", str(spec["depth"]), "-q", REQUEST.hex(), "-r", REPLY.hex(), "-o", out],
+            capture_output=True, text=True, timeout=seconds + 120)
+        if run.returncode:
+            raise SystemExit(f"the {load} load against {path} failed:\n{run.stderr.strip()}")
+        nanoseconds = array.array("Q")
+        with open(out, "rb") as f:
+            nanoseconds.frombytes(f.read())
+    if run.stdout.split() != ["ops", str(len(nanoseconds))]:
+        raise SystemExit(f"the {load} load reported {run.stdout!r} for {len(nanoseconds)} latencies")
+    return [ns * 1e-9 for ns in nanoseconds]
+
+
+class LoadGenerator:
+    """Makes one load against one socket and returns its latencies, in C or in Python."""
+
+    def __init__(self, binary: Optional[Path], compiler: str = "cc"):
+        self.binary = binary
+        self.compiler = compiler
+
+    def latencies(self, path: str, load: str, seconds: float) -> List[float]:
+        if self.binary is None:
+            return python_latencies(path, load, seconds)
+        return c_latencies(self.binary, path, load, seconds)
+
+    def describe(self) -> str:
+        if self.binary is None:
+            shapes = {load: (spec["processes"], *(spec["args"][::-1] or (1, 1)))
+                      for load, spec in PYTHON_LOADS.items()}
+            what = "Python worker processes"
+        else:
+            shapes = {load: (spec["processes"], spec["connections"], spec["depth"])
+                      for load, spec in C_LOADS.items()}
+            what = f"C, {C_SOURCE.relative_to(ROOT)} built with {self.compiler} -O2"
+        shape = ", ".join(f"{load} {processes}×{connections}" + (f"×{depth}" if depth > 1 else "")
+                          for load, (processes, connections, depth) in shapes.items())
+        return f"Load generator: {what} (processes×connections[×in flight]: {shape})"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -180,7 +299,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_load(path: str, load: str, seconds: float, pids: List[int] = ()) -> Tuple[float, ...]:
+def run_load(generator: LoadGenerator, path: str, load: str, seconds: float,
+             pids: List[int] = ()) -> Tuple[float, ...]:
     """(ops/s, p50 µs, p99 µs, server CPU µs/op, front server busy %) of one load.
 
     ``pids`` are the server processes on the path, the one the load connects to first:
@@ -188,23 +308,11 @@ def run_load(path: str, load: str, seconds: float, pids: List[int] = ()) -> Tupl
     and the front one's busy share says whether the load generator kept it saturated
     (near 100 %) or capped the figure (well below).
     """
-    spec = LOADS[load]
-    out = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=spec["target"], args=(path, seconds, *spec["args"], out))
-             for _ in range(spec["processes"])]
     cpu_before = [cpu_seconds(pid) for pid in pids]
     start = time.perf_counter()
-    for p in procs:
-        p.start()
-    latencies: List[float] = []
-    for _ in procs:
-        latencies += out.get(timeout=seconds + 120)
+    latencies = generator.latencies(path, load, seconds)
     elapsed = time.perf_counter() - start
     cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
-    for p in procs:
-        p.join(10)
-        if p.exitcode:
-            raise SystemExit(f"a {load} worker failed against {path}")
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
     ops = len(latencies)
@@ -267,7 +375,8 @@ class Servers:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def measure_runtime(python: str, seconds: float, warmup: float) -> Dict[Tuple[str, str], tuple]:
+def measure_runtime(generator: LoadGenerator, python: str, seconds: float,
+                    warmup: float) -> Dict[Tuple[str, str], tuple]:
     figures = {}
     servers = Servers(python)
     try:
@@ -278,8 +387,8 @@ def measure_runtime(python: str, seconds: float, warmup: float) -> Dict[Tuple[st
                                 [servers.procs[-1].pid, servers.procs[-2].pid])
         for load in LOADS:
             for name, (path, pids) in targets.items():
-                run_load(path, load, warmup)  # JIT warm-up, connection caches, page faults
-                figures[(name, load)] = run_load(path, load, seconds, pids)
+                run_load(generator, path, load, warmup)  # JIT warm-up, caches, page faults
+                figures[(name, load)] = run_load(generator, path, load, seconds, pids)
     finally:
         servers.stop()
     return figures
@@ -338,7 +447,16 @@ def main(argv=None) -> None:
     parser.add_argument("--pypy", action="store_true",
                         help="also run the servers on PyPy (.venv-pypy, or pypy3 on PATH)")
     parser.add_argument("--python", default=sys.executable, help="the CPython for the servers")
+    parser.add_argument("--load", choices=("c", "python"), default="c",
+                        help="the load generator: c (bench/perop_load.c; Python workers when "
+                             "there is no C compiler) or python")
     args = parser.parse_args(argv)
+
+    cc = c_compiler() if args.load == "c" else []
+    if args.load == "c" and not cc:
+        print("No C compiler (cc) found: the load comes from Python worker processes, "
+              "which can cap the figures.")
+    generator = LoadGenerator(build_c_load(cc) if cc else None, " ".join(cc))
 
     runtimes = {"CPython": args.python}
     if args.pypy:
@@ -346,8 +464,10 @@ def main(argv=None) -> None:
         if pypy is None:
             raise SystemExit("--pypy: no .venv-pypy/bin/python and no pypy3 on PATH")
         runtimes["PyPy"] = pypy
-    results = {name: measure_runtime(python, args.seconds, args.warmup)
+    results = {name: measure_runtime(generator, python, args.seconds, args.warmup)
                for name, python in runtimes.items()}
+
+    print(generator.describe())
 
     for name, figures in results.items():
         print(f"\n{name} servers ({runtimes[name]})")
