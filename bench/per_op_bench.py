@@ -30,7 +30,10 @@ absolute figures swing between runs; ratios are what to compare).  Beside them: 
 time the servers on the path spend per operation (dc_client's row counts dc_client and
 its dc_server; ``/ bare`` is that cost over the bare server's), which swings far less
 than ops/s on a shared machine, and how busy the front server was: near 100 % it was
-saturated, well below it the load generator (or the machine) capped the figure.  At the end it measures
+saturated, well below it the load generator (or the machine) capped the figure.  ``wait %``
+tells the two apart: the share of the run the front server was ready to run but waited
+for a core (the kernel's run-queue time); busy plus wait near 100 % means the server always
+had work, and the machine's other processes, not the load, held it back.  At the end it measures
 what one stored session costs in dc_server's memory beyond its id and data (RSS growth
 over 50,000 sessions of 200 bytes).
 
@@ -299,26 +302,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Time a process has spent ready to run but waiting for a core (nan where unknown)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def run_load(generator: LoadGenerator, path: str, load: str, seconds: float,
              pids: List[int] = ()) -> Tuple[float, ...]:
-    """(ops/s, p50 µs, p99 µs, server CPU µs/op, front server busy %) of one load.
+    """(ops/s, p50 µs, p99 µs, server CPU µs/op, front server busy %, its wait %) of one load.
 
     ``pids`` are the server processes on the path, the one the load connects to first:
     the CPU they spend per operation is the cost that ops/s hides on a shared machine,
     and the front one's busy share says whether the load generator kept it saturated
-    (near 100 %) or capped the figure (well below).
+    (near 100 %) or capped the figure (well below); its wait share is the time it was held
+    back by the machine's other processes instead.
     """
     cpu_before = [cpu_seconds(pid) for pid in pids]
+    queued_before = run_queue_seconds(pids[0]) if pids else float("nan")
     start = time.perf_counter()
     latencies = generator.latencies(path, load, seconds)
     elapsed = time.perf_counter() - start
     cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
+    queued = run_queue_seconds(pids[0]) - queued_before if pids else float("nan")
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
     ops = len(latencies)
     cpu_per_op = sum(cpu) / ops * 1e6 if cpu and ops else float("nan")
     busy = cpu[0] / elapsed * 100 if cpu else float("nan")
-    return ops / elapsed, pick(0.50), pick(0.99), cpu_per_op, busy
+    return ops / elapsed, pick(0.50), pick(0.99), cpu_per_op, busy, queued / elapsed * 100
 
 
 # Servers ------------------------------------------------------------------------------
@@ -472,14 +487,14 @@ def main(argv=None) -> None:
     for name, figures in results.items():
         print(f"\n{name} servers ({runtimes[name]})")
         print(f"{'server':<10} {'load':<13} {'ops/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'/ bare':>7}"
-              f" {'CPU µs/op':>10} {'/ bare':>7} {'busy %':>7}")
+              f" {'CPU µs/op':>10} {'/ bare':>7} {'busy %':>7} {'wait %':>7}")
         for load in LOADS:
             floor = figures[("bare", load)][0]
             floor_cpu = figures[("bare", load)][3]
             for server in ("bare", "dc_server", "dc_client"):
-                rate, p50, p99, cpu, busy = figures[(server, load)]
+                rate, p50, p99, cpu, busy, wait = figures[(server, load)]
                 print(f"{server:<10} {load:<13} {rate:>9,.0f} {p50:>8,.0f} {p99:>8,.0f} "
-                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {busy:>7.0f}")
+                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {busy:>7.0f} {wait:>7.0f}")
         direct = figures[("dc_server", "1 in flight")][1]
         proxied = figures[("dc_client", "1 in flight")][1]
         print(f"dc_client p50 with one in flight / direct p50: {proxied / direct:.2f}")
