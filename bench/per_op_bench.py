@@ -330,6 +330,8 @@ def run_load(generator: LoadGenerator, path: str, load: str, seconds: float,
     elapsed = time.perf_counter() - start
     cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
     queued = run_queue_seconds(pids[0]) - queued_before if pids else float("nan")
+    if not latencies:
+        raise SystemExit(f"no {load} operation completed against {path} in {seconds} s")
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
     ops = len(latencies)
