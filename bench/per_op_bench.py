@@ -30,14 +30,16 @@ absolute figures swing between runs; ratios are what to compare).  Beside them: 
 time the servers on the path spend per operation (dc_client's row counts dc_client and
 its dc_server; ``/ bare`` is that cost over the bare server's), which swings far less
 than ops/s on a shared machine, and how busy the front server was: near 100 % it was
-saturated, well below it the load generator (or the machine) capped the figure.  ``wait %``
-tells the two apart: the share of the run the front server was ready to run but waited
-for a core (the kernel's run-queue time); busy plus wait near 100 % means the server always
-had work, and the machine's other processes, not the load, held it back.  At the end it measures
-what one stored session costs in dc_server's memory beyond its id and data (RSS growth
-over 50,000 sessions of 200 bytes).
+saturated, well below it the load generator (or the machine) capped the figure.
+``wait %`` tells the two apart: the share of the run the front server was ready to run
+but waited for a core (the kernel's run-queue time); busy plus wait near 100 % means the
+server always had work, and the machine's other processes, not the load, held it back.
+With a connection per operation the load keeps 32 connections under way, so its p50 and
+p99 are the latency of a saturated server with that queue, not of an idle one.  At the
+end it measures what one stored session costs in dc_server's memory beyond its id and
+data (RSS growth over 50,000 sessions of 200 bytes).
 
-    python3 bench/per_op_bench.py [--seconds S] [--pypy]
+    python3 bench/per_op_bench.py [--seconds S] [--pypy] [--load c|python]
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def python_latencies(path: str, load: str, seconds: float) -> List[float]:
     """Latencies in seconds of one load made by Python worker processes."""
     spec = PYTHON_LOADS[load]
     out = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=spec["target"], args=(path, seconds, *spec["args"], out))
+    procs = [multiprocessing.Process(target=spec["target"],
+                                     args=(path, seconds, *spec["args"], out))
              for _ in range(spec["processes"])]
     for p in procs:
         p.start()
@@ -267,7 +270,8 @@ def c_latencies(binary: Path, path: str, load: str, seconds: float) -> List[floa
         with open(out, "rb") as f:
             nanoseconds.frombytes(f.read())
     if run.stdout.split() != ["ops", str(len(nanoseconds))]:
-        raise SystemExit(f"the {load} load reported {run.stdout!r} for {len(nanoseconds)} latencies")
+        raise SystemExit(f"the {load} load reported {run.stdout!r} "
+                         f"for {len(nanoseconds)} latencies")
     return [ns * 1e-9 for ns in nanoseconds]
 
 
@@ -498,7 +502,8 @@ def main(argv=None) -> None:
             for server in ("bare", "dc_server", "dc_client"):
                 rate, p50, p99, cpu, busy, wait = figures[(server, load)]
                 print(f"{server:<10} {load:<13} {rate:>9,.0f} {p50:>8,.0f} {p99:>8,.0f} "
-                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {busy:>7.0f} {wait:>7.0f}")
+                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {busy:>7.0f}"
+                      f" {wait:>7.0f}")
         direct = figures[("dc_server", "1 in flight")][1]
         proxied = figures[("dc_client", "1 in flight")][1]
         print(f"dc_client p50 with one in flight / direct p50: {proxied / direct:.2f}")
