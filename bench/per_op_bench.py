@@ -15,6 +15,8 @@ and each is driven by raw-socket load processes for three loads:
 - ``conn/op``: a new connection per operation (how mod_socache_dc and most C users call
   dc_client), many connections under way at once;
 - ``1 in flight``: one persistent connection, one request at a time (latency bound);
+- ``1 in fl, 1 core``: the same with the servers and the load on one core, where the
+  latency is the CPU work along the path and not where the scheduler put each process;
 - ``32 in flight``: pipelined, 32 requests in flight on each of several connections.
 
 The load comes from ``bench/perop_load.c``, compiled on first use with ``cc -O2`` into
@@ -31,6 +33,9 @@ time the servers on the path spend per operation (dc_client's row counts dc_clie
 its dc_server; ``/ bare`` is that cost over the bare server's), which swings far less
 than ops/s on a shared machine, and how busy the front server was: near 100 % it was
 saturated, well below it the load generator (or the machine) capped the figure.
+``kernel %`` is the share of that CPU time spent in the kernel (system calls, wake-ups):
+no runtime shortens it, so with PyPy the comparison with CPython prints, beside each
+ratio, the most a runtime could gain on that row (100 / CPython's kernel %).
 ``wait %`` tells the two apart: the share of the run the front server was ready to run
 but waited for a core (the kernel's run-queue time); busy plus wait near 100 % means the
 server always had work, and the machine's other processes, not the load, held it back.
@@ -184,6 +189,7 @@ def _in_flight(path, seconds, depth, connections, out):
 PYTHON_LOADS = {
     "conn/op": dict(processes=4, target=_conn_per_op, args=()),
     "1 in flight": dict(processes=1, target=_in_flight, args=(1, 1)),
+    "1 in fl, 1 core": dict(processes=1, target=_in_flight, args=(1, 1)),
     "32 in flight": dict(processes=2, target=_in_flight, args=(32, 2)),
 }
 
@@ -224,8 +230,16 @@ C_BUILD = ROOT / "bench" / ".build"
 C_LOADS = {
     "conn/op": dict(mode="conn", processes=1, connections=32, depth=1),
     "1 in flight": dict(mode="pipe", processes=1, connections=1, depth=1),
+    "1 in fl, 1 core": dict(mode="pipe", processes=1, connections=1, depth=1),
     "32 in flight": dict(mode="pipe", processes=2, connections=4, depth=32),
 }
+
+# Loads run with the servers on the path and the load generator all on one core.  With
+# one request in flight every hop wakes a sleeping process; on this machine's virtual
+# cores a wake-up on the other core costs about 20 µs more than one on the same core, and
+# where the scheduler puts each process changes from run to run, so the row jumps between
+# two figures.  On one core the latency is the CPU work along the path, nothing else.
+ONE_CORE = {"1 in fl, 1 core"}
 
 LOADS = list(C_LOADS)
 assert LOADS == list(PYTHON_LOADS)
@@ -301,11 +315,30 @@ class LoadGenerator:
         return f"Load generator: {what} (processes×connections[×in flight]: {shape})"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far."""
+def cpu_seconds(pid: int) -> Tuple[float, float]:
+    """User and system (kernel) CPU time a process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+class OneCore:
+    """Puts this process (so the load it starts) and ``pids`` on one core, then back."""
+
+    def __init__(self, pids: List[int]):
+        self.pids = [os.getpid(), *pids]
+        self.saved = [os.sched_getaffinity(pid) for pid in self.pids]
+        self.core = max(self.saved[0])
+
+    def __enter__(self) -> "OneCore":
+        for pid in self.pids:
+            os.sched_setaffinity(pid, {self.core})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pid, cores in zip(self.pids, self.saved):
+            os.sched_setaffinity(pid, cores)
 
 
 def run_queue_seconds(pid: int) -> float:
@@ -319,29 +352,39 @@ def run_queue_seconds(pid: int) -> float:
 
 def run_load(generator: LoadGenerator, path: str, load: str, seconds: float,
              pids: List[int] = ()) -> Tuple[float, ...]:
-    """(ops/s, p50 µs, p99 µs, server CPU µs/op, front server busy %, its wait %) of one load.
+    """(ops/s, p50 µs, p99 µs, server CPU µs/op, front busy %, its wait %, kernel %) of a load.
 
     ``pids`` are the server processes on the path, the one the load connects to first:
     the CPU they spend per operation is the cost that ops/s hides on a shared machine,
     and the front one's busy share says whether the load generator kept it saturated
     (near 100 %) or capped the figure (well below); its wait share is the time it was held
-    back by the machine's other processes instead.
+    back by the machine's other processes instead.  The kernel share is the part of the
+    servers' CPU time spent in system calls and wake-ups, which no runtime shortens.
     """
     cpu_before = [cpu_seconds(pid) for pid in pids]
     queued_before = run_queue_seconds(pids[0]) if pids else float("nan")
     start = time.perf_counter()
-    latencies = generator.latencies(path, load, seconds)
+    if load in ONE_CORE:
+        with OneCore(pids):
+            latencies = generator.latencies(path, load, seconds)
+    else:
+        latencies = generator.latencies(path, load, seconds)
     elapsed = time.perf_counter() - start
-    cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
+    used = [cpu_seconds(pid) for pid in pids]
+    user = sum(after[0] - before[0] for after, before in zip(used, cpu_before))
+    kernel = sum(after[1] - before[1] for after, before in zip(used, cpu_before))
     queued = run_queue_seconds(pids[0]) - queued_before if pids else float("nan")
     if not latencies:
         raise SystemExit(f"no {load} operation completed against {path} in {seconds} s")
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
     ops = len(latencies)
-    cpu_per_op = sum(cpu) / ops * 1e6 if cpu and ops else float("nan")
-    busy = cpu[0] / elapsed * 100 if cpu else float("nan")
-    return ops / elapsed, pick(0.50), pick(0.99), cpu_per_op, busy, queued / elapsed * 100
+    nan = float("nan")
+    cpu_per_op = (user + kernel) / ops * 1e6 if pids else nan
+    busy = sum(used[0]) - sum(cpu_before[0]) if pids else nan
+    kernel_share = kernel / (user + kernel) * 100 if user + kernel else nan
+    return (ops / elapsed, pick(0.50), pick(0.99), cpu_per_op, busy / elapsed * 100,
+            queued / elapsed * 100, kernel_share)
 
 
 # Servers ------------------------------------------------------------------------------
@@ -494,24 +537,30 @@ def main(argv=None) -> None:
 
     for name, figures in results.items():
         print(f"\n{name} servers ({runtimes[name]})")
-        print(f"{'server':<10} {'load':<13} {'ops/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'/ bare':>7}"
-              f" {'CPU µs/op':>10} {'/ bare':>7} {'busy %':>7} {'wait %':>7}")
+        print(f"{'server':<10} {'load':<15} {'ops/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'/ bare':>7}"
+              f" {'CPU µs/op':>10} {'/ bare':>7} {'kernel %':>8} {'busy %':>7} {'wait %':>7}")
         for load in LOADS:
             floor = figures[("bare", load)][0]
             floor_cpu = figures[("bare", load)][3]
             for server in ("bare", "dc_server", "dc_client"):
-                rate, p50, p99, cpu, busy, wait = figures[(server, load)]
-                print(f"{server:<10} {load:<13} {rate:>9,.0f} {p50:>8,.0f} {p99:>8,.0f} "
-                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {busy:>7.0f}"
-                      f" {wait:>7.0f}")
-        direct = figures[("dc_server", "1 in flight")][1]
-        proxied = figures[("dc_client", "1 in flight")][1]
-        print(f"dc_client p50 with one in flight / direct p50: {proxied / direct:.2f}")
+                rate, p50, p99, cpu, busy, wait, kernel = figures[(server, load)]
+                print(f"{server:<10} {load:<15} {rate:>9,.0f} {p50:>8,.0f} {p99:>8,.0f} "
+                      f"{rate / floor:>7.2f} {cpu:>10,.1f} {cpu / floor_cpu:>7.2f} {kernel:>8.0f}"
+                      f" {busy:>7.0f} {wait:>7.0f}")
+        for load in ("1 in flight", "1 in fl, 1 core"):
+            direct = figures[("dc_server", load)][1]
+            proxied = figures[("dc_client", load)][1]
+            print(f"dc_client p50 / direct p50, {load}: {proxied / direct:.2f}")
     if "PyPy" in results:
-        print("\nPyPy / CPython, same load:")
+        # A runtime shortens the user part of the servers' CPU time, not the kernel's: the
+        # most it can speed a saturated row is CPython's CPU per op over its kernel part.
+        print("\nPyPy / CPython, same load (in brackets: the ceiling CPython's kernel share "
+              "leaves, 100 / kernel %):")
         for server in ("bare", "dc_server", "dc_client"):
-            cells = [f"{load} {results['PyPy'][(server, load)][0] / results['CPython'][(server, load)][0]:.2f}"
-                     for load in LOADS]
+            cells = []
+            for load in LOADS:
+                pypy, cpython = results["PyPy"][(server, load)], results["CPython"][(server, load)]
+                cells.append(f"{load} {pypy[0] / cpython[0]:.2f} ({100 / cpython[6]:.1f})")
             print(f"{server:<10} " + "   ".join(cells))
     print()
     for name, python in runtimes.items():
