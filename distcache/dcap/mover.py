@@ -220,12 +220,14 @@ class DataChannel(Protocol):
 
     def _data_end(self, event: mc.DataEnd) -> None:
         self.state = S.IDLE
-        self.transfer.flush()
         error = self.transfer.write_error
         if error is None:
             self._reply(mc.fin(self._write_cmd))
         else:
             self._reply(mc.fin_error(self._write_cmd, error.rc, error.message))
+        # The client waits for the FIN, not for the hand-over of the block's
+        # last bytes to the disk workers.
+        self.transfer.flush()
 
     def _read(self, event: mc.Read) -> None:
         self._read_from(mc.READ, self.transfer.position, event.count)
