@@ -17,6 +17,8 @@ from typing import NamedTuple, Optional
 
 from twisted.internet import endpoints
 
+from distcache import unixstream
+
 
 class AddressError(ValueError):
     """An address that cannot be understood."""
@@ -163,10 +165,14 @@ def address_text(addr) -> str:
 
 
 def server_endpoint(reactor, addr: Address):
+    if addr.kind == "unix":
+        reactor = unixstream.reactor_for(reactor)
     return endpoints.serverFromString(reactor, server_description(addr))
 
 
 def client_endpoint(reactor, addr: Address):
+    if addr.kind == "unix":
+        reactor = unixstream.reactor_for(reactor)
     return endpoints.clientFromString(reactor, client_description(addr))
 
 

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from distcache.listening import Listener, SocketOwnership
+from distcache.listening import ConnectionLimits, Listener, SocketOwnership
 
 MEMCACHE_COMMANDS = ("cmd_get", "cmd_set", "cmd_touch", "cmd_flush")
 
@@ -184,6 +184,14 @@ def registry_of(*collectors) -> CollectorRegistry:
     return registry
 
 
+#: A scrape endpoint has a handful of callers (Prometheus servers, an operator's curl):
+#: more connections than this are refused, so that a flood of them costs nothing more.
+METRICS_LIMITS = ConnectionLimits(total=64, per_peer=16, option="metrics connection limit",
+                                  per_peer_option="metrics per-peer connection limit")
+#: A connection that sends nothing for this long is closed (a scrape takes milliseconds).
+METRICS_IDLE_SECONDS = 60
+
+
 def metrics_site(registry: CollectorRegistry):
     """An HTTP site answering ``/metrics`` in the Prometheus text format.
 
@@ -197,11 +205,13 @@ def metrics_site(registry: CollectorRegistry):
 
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))
-    site = Site(root)
+    site = Site(root, timeout=METRICS_IDLE_SECONDS)
     site.noisy = False
     return site
 
 
 def metrics_listener(addr: str, registry: CollectorRegistry,
                      ownership: Optional[SocketOwnership] = None, reactor=None) -> Listener:
-    return Listener(addr, metrics_site(registry), ownership or SocketOwnership(), reactor)
+    """The ``--metrics`` listener: its connections limited, idle ones closed."""
+    return Listener(addr, metrics_site(registry), ownership or SocketOwnership(), reactor,
+                    limits=METRICS_LIMITS)

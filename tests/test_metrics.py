@@ -5,9 +5,10 @@ import socket
 import urllib.request
 
 import pytest
+import pytest_twisted
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import task
+from twisted.internet import task, threads
 from twisted.internet.testing import StringTransport
 
 from cache_support import (DcClientProcess, DcServerProcess, free_tcp_port,
@@ -16,12 +17,14 @@ from distcache import wire
 from distcache.blocking import SessionCache
 from distcache.counting import CountingStore, StoreCounters
 from distcache.memcache_server import MemcacheFactory
-from distcache.metrics import ClientCollector, ServerCollector, registry_of
+from distcache.metrics import (METRICS_IDLE_SECONDS, METRICS_LIMITS, ClientCollector,
+                               ServerCollector, metrics_listener, registry_of)
 from distcache.upstream import ServerLink
 from distcache.replies import CacheUnavailable
 from distcache.server import CacheServerFactory
 from distcache.store import SessionStore
 from memcache_support import ask, wait_for
+from polling import poll_until as poll
 
 
 
@@ -133,3 +136,34 @@ def test_dc_server_and_dc_client_serve_metrics(sockdir):
     finally:
         client.stop()
         server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_metrics_listener_limits_its_connections_and_still_answers_a_scrape():
+    registry = registry_of(ClientCollector(ServerLink(task.Clock())))
+    listener = metrics_listener("IP:127.0.0.1:0", registry)
+    assert listener.factory.timeOut == METRICS_IDLE_SECONDS  # a silent connection is closed
+    listener.startService()
+    held = []
+    try:
+        port = listener.port.getHost().port
+        for _ in range(METRICS_LIMITS.per_peer):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        yield poll(lambda: listener.limited.connections == METRICS_LIMITS.per_peer)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        yield poll(lambda: listener.limited.refused == 1)
+        try:
+            assert extra.recv(1) == b""  # refused: closed at once
+        except ConnectionResetError:
+            pass  # or aborted
+        finally:
+            extra.close()
+        held.pop().close()
+        yield poll(lambda: listener.limited.connections == METRICS_LIMITS.per_peer - 1)
+        text = yield threads.deferToThread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read())
+        assert b"distcache_client_upstream_up" in text
+    finally:
+        for s in held:
+            s.close()
+        yield listener.stopService()
