@@ -116,11 +116,6 @@ def test_real_sockets_exhaust_and_release():
     from twisted.internet import reactor
     from twisted.internet.protocol import Factory
 
-    probe = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-    base = probe.getHost().port
-    probe.stopListening()
-    r = PortRange(base, base + 2)
-    alloc = PortAllocator(r)
     factory = Factory()
 
     def bind(port):
@@ -128,12 +123,22 @@ def test_real_sockets_exhaust_and_release():
 
     listeners = []
     try:
-        while True:
-            try:
-                listeners.append(alloc.listen(bind))
-            except PortRangeExhausted:
+        # Another process may take a probed port before it is bound again: probe anew
+        # until the allocator gets at least one port of its range.
+        for _ in range(20):
+            probe = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+            base = probe.getHost().port
+            yield probe.stopListening()
+            r = PortRange(base, base + 2)
+            alloc = PortAllocator(r)
+            while True:
+                try:
+                    listeners.append(alloc.listen(bind))
+                except PortRangeExhausted:
+                    break
+            if listeners:
                 break
-        assert listeners, "the probed port itself should have been free"
+        assert listeners, "no probed port stayed free in 20 tries"
         assert all(r.low <= port <= r.high for port, _ in listeners)
         assert all(listener.getHost().port == port for port, listener in listeners)
     finally:
