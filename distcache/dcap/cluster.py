@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from distcache.dcap import control
 from distcache.dcap.cluster_db import (
-    CANCELLED, CONNECTED, DONE, FAILED, LISTENING, REPLIES, REQUESTS, ClusterDB, Listener,
+    CANCELLED, CONNECTED, DISCARDS, DONE, FAILED, LISTENING, REPLIES, REQUESTS, ClusterDB,
+    Listener,
 )
 from distcache.dcap.errors import RC_DISK_IO, RC_INTERNAL, DcapError, TransferError
 from distcache.dcap.mover import new_challenge
@@ -87,7 +88,9 @@ class Cluster:
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = reactor
         self._beat_failing = False
-        self.listener = Listener(url, (REQUESTS, REPLIES), self._notified, reactor)
+        self.listener = Listener(url, (REQUESTS, REPLIES, DISCARDS), self._notified, reactor)
+        self._heard = False  # the notification connection has been up once
+        pool.discard_elsewhere = self.discard_elsewhere
 
     @property
     def name(self):
@@ -156,8 +159,15 @@ class Cluster:
 
     def _notified(self, channel, payload):
         if channel is None:  # (re)connected: pick up anything missed meanwhile
+            if self._heard:  # removals may have been missed: their data is orphaned
+                self._sweep()
+            self._heard = True
             self._claim()
             self._refresh(list(self.waiting))
+        elif channel == DISCARDS:
+            pool, _, pnfsid = payload.rpartition(" ")
+            if pool == self.name:
+                self._discard(pnfsid)
         elif channel == REQUESTS and payload == self.name:
             self._claim()
             self._check_cancelled()
@@ -171,6 +181,27 @@ class Cluster:
         defer.maybeDeferred(lambda: d).addCallbacks(
             lambda rows: [self.waiting[r["id"]].update(r) for r in rows if r["id"] in self.waiting],
             lambda f: log.warn("cannot read mover replies: {error}", error=f.getErrorMessage()))
+
+    # -- removed files whose data another pool holds ---------------------------
+
+    def discard_elsewhere(self, entry):
+        """A file was removed or replaced here; the pool that holds its data deletes it."""
+        d = defer.maybeDeferred(self.workers.database, self.db.discarded, entry.pool,
+                                entry.pnfsid)
+        d.addErrback(lambda f: log.warn(
+            "cannot ask pool {pool} to delete the data of {pnfsid}: {error} (it removes "
+            "orphaned data when it starts or its notifications come back)",
+            pool=entry.pool, pnfsid=entry.pnfsid, error=f.getErrorMessage()))
+
+    def _discard(self, pnfsid):
+        d = defer.maybeDeferred(self.workers.database, self.pool.discard_orphan, pnfsid)
+        d.addErrback(lambda f: log.warn("cannot delete the data of {pnfsid}: {error}",
+                                        pnfsid=pnfsid, error=f.getErrorMessage()))
+
+    def _sweep(self):
+        d = defer.maybeDeferred(self.workers.database, self.pool.sweep_orphans)
+        d.addErrback(lambda f: log.warn("pool sweep failed: {error}",
+                                        error=f.getErrorMessage()))
 
     # -- serving another door (pool side) --------------------------------------
 

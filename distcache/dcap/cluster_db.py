@@ -25,6 +25,8 @@ log = Logger()
 
 REQUESTS = "dcap_mover"
 REPLIES = "dcap_mover_reply"
+#: payload "POOL PNFSID": a file whose data POOL holds was removed or replaced
+DISCARDS = "dcap_discard"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS pool_node (
@@ -144,6 +146,11 @@ class ClusterDB:
             cur.execute("UPDATE mover_request SET state = %s WHERE id = %s AND state <> ALL(%s)",
                         (CANCELLED, rid, list(FINAL)))
             cur.execute("SELECT pg_notify(%s, %s)", (REQUESTS, pool))
+
+    def discarded(self, pool, pnfsid):
+        """Ask the pool that holds a removed file's data to delete it."""
+        with self._cursor() as cur:
+            cur.execute("SELECT pg_notify(%s, %s)", (DISCARDS, "%s %s" % (pool, pnfsid)))
 
     def claim(self, pool):
         """Take this pool's new requests: a list of dicts of REQUEST_FIELDS."""

@@ -266,6 +266,9 @@ class Pool:
         self.namespace = (namespace if workers is INLINE
                           else OffThreadNamespace(namespace, workers))
         self.name = name
+        #: Set by a cluster: called with an entry whose data another node's pool holds
+        #: when the file is removed or replaced here, so that pool deletes it.
+        self.discard_elsewhere = None
         self.hsm = hsm
         self.fsync = fsync
         self.data_dir = os.path.join(directory, "data")
@@ -418,10 +421,13 @@ class Pool:
     def _discard(self, entry):
         self._accessed.pop(entry.pnfsid, None)
         self._written.pop(entry.pnfsid, None)
-        try:
-            os.unlink(self.data_path(entry))
-        except FileNotFoundError:
-            pass
+        if entry.pool and entry.pool != self.name and self.discard_elsewhere is not None:
+            self.discard_elsewhere(entry)  # another node's pool holds the data
+        else:
+            try:
+                os.unlink(self.data_path(entry))
+            except FileNotFoundError:
+                pass
         if entry.tape_uri and self.hsm is not None:
             d = self.hsm.remove(entry.tape_uri)
             d.addErrback(
@@ -439,6 +445,32 @@ class Pool:
                     log.info("dropped stale upload {name}", name=name)
                 except OSError:
                     pass
+
+    def discard_orphan(self, pnfsid):
+        """Delete pnfsid's data if no namespace entry owns it any more; True if it did.
+
+        Another node's door removed (or replaced) the file and asked this pool, which
+        holds the data, to delete it.  Runs on the database worker: the namespace is
+        asked first, so data that still has an owner is never touched.
+        """
+        try:
+            ino_of(pnfsid)
+        except DcapError:
+            return False  # not a pool file name
+        try:
+            self.engine.get(pnfsid)
+            return False
+        except NotFound:
+            pass
+        path = self._data_path(pnfsid)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        log.info("removed the data of {pnfsid} ({size} bytes): its file was removed through "
+                 "another node's door", pnfsid=pnfsid, size=size)
+        return True
 
     def sweep_orphans(self):
         """Remove data files that no namespace entry owns; the names removed.

@@ -89,3 +89,20 @@ def test_the_serving_pools_answers_are_relayed_to_the_client(cluster):
     cluster.db.reply(t.rid, DONE, moved=(1234, 0))
     cluster._refresh([t.rid])
     assert seen == [None] and (t.bytes_in, t.bytes_out) == (1234, 0)
+
+
+def test_notifications_coming_back_sweep_the_pool_for_removals_missed_meanwhile(cluster):
+    swept = []
+    cluster.pool.sweep_orphans = lambda: swept.append(True) or []
+    cluster._notified(None, None)   # the first connection: start-up swept already
+    assert swept == []
+    cluster._notified(None, None)   # back after a loss: removals may have been missed
+    assert swept == [True]
+
+
+def test_a_discard_notice_for_this_pool_deletes_that_data_and_no_other(cluster):
+    asked = []
+    cluster.pool.discard_orphan = asked.append
+    cluster._notified("dcap_discard", "pool-b 000000000000000000000000000A")
+    cluster._notified("dcap_discard", "pool-a 000000000000000000000000000B")
+    assert asked == ["000000000000000000000000000B"]

@@ -5,7 +5,10 @@ through one door is read through the other, whose pool does not hold it,
 so the other node's pool starts the mover and the door relays its address.
 """
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import psycopg
@@ -86,3 +89,39 @@ def test_a_pool_that_is_down_fails_the_open_clearly_and_the_door_goes_on(nodes, 
     code, out = dccp(tmp_path / "f", a.url("/after"))
     assert code == 0, out + a.log_text()
     assert pool_of(pg_url, "/after")[0] == "pool-a"
+
+
+def data_files(door):
+    """The data files in a node's pool."""
+    data = os.path.join(door.root, "pool", "data")
+    return sorted(os.listdir(data)) if os.path.isdir(data) else []
+
+
+def dc_unlink(url):
+    """libdcap's dc_unlink, in a process of its own: (return code, errno name)."""
+    script = ("import ctypes, errno, json, sys\n"
+              "lib = ctypes.CDLL('libdcap.so.1', use_errno=True)\n"
+              "rc = lib.dc_unlink(sys.argv[1].encode())\n"
+              "print(json.dumps([rc, errno.errorcode.get(ctypes.get_errno(), '0')]))\n")
+    out = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True,
+                         timeout=60)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_file_removed_through_one_door_leaves_no_data_on_the_other_pool(nodes, pg_url,
+                                                                            tmp_path):
+    a, b = nodes
+    (tmp_path / "f").write_bytes(os.urandom(200_000))
+    code, out = dccp(tmp_path / "f", b.url("/removed-via-a"))
+    assert code == 0, out + b.log_text()
+    assert pool_of(pg_url, "/removed-via-a")[0] == "pool-b"
+    held = data_files(b)
+    assert len(held) == 1
+
+    assert dc_unlink(a.url("/removed-via-a"))[0] == 0
+    assert pool_of(pg_url, "/removed-via-a") is None
+    deadline = time.monotonic() + 20
+    while data_files(b) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert data_files(b) == [], b.log_text()
+    assert "removed the data of %s" % held[0] in b.log_text()
