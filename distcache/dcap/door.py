@@ -38,7 +38,7 @@ from distcache.dcap.doorpolicy import DoorPolicy
 from distcache.dcap.errors import (
     RC_BAD_COMMAND, RC_DISK_IO, RC_HSM_NOT_ENABLED, RC_INTERNAL, RC_INVALID_ARGS,
     RC_NOT_CACHED, RC_NOT_REGULAR,
-    DcapError, TransferError,
+    DcapError, NotFound, TransferError,
 )
 from distcache.dcap.ioqueue import DEFAULT_QUEUE, IoQueues
 from distcache.dcap.portrange import PortRangeExhausted
@@ -503,6 +503,27 @@ class DoorProtocol(LineOnlyReceiver):
                 self._transfer(session, upload=up, size=size, label="%s %s" % (mode, path)),
                 passive), up.abort)
 
+        if cluster is not None and mode == "rw":
+            def existing():
+                """The file a read-write open names, or None if there is none yet."""
+                try:
+                    found = namespace.get(r.args[0]) if by_id else namespace.lookup(path, subject)
+                except NotFound:
+                    return None
+                if isinstance(found, defer.Deferred):
+                    found.addErrback(lambda f: f.trap(NotFound) and None)
+                return found
+
+            def placed(entry):
+                if entry is not None and not cluster.is_local(entry.pool):
+                    # its data is on another node's pool: that pool serves the open
+                    session.ready(cluster.remote_open(
+                        session, entry.pool, "rw", entry.path, subject, create_mode, replace,
+                        self._overwrite_hint(r)), True)
+                else:
+                    session.follow(resolved(upload), start)
+            session.follow(existing, placed)
+            return
         session.follow(resolved(upload), start)
 
     def _admit_size(self, r: Request):

@@ -14,7 +14,9 @@ import time
 import psycopg
 import pytest
 
+from distcache.dcap import mover_codec as mc
 from interop_support import DCCP, TRUST_LOCAL, Door, dccp
+from rawclient import ControlClient, DataClient
 
 pytestmark = pytest.mark.skipif(DCCP is None, reason="dccp (Debian package dcap) is not installed")
 
@@ -125,3 +127,46 @@ def test_a_file_removed_through_one_door_leaves_no_data_on_the_other_pool(nodes,
         time.sleep(0.05)
     assert data_files(b) == [], b.log_text()
     assert "removed the data of %s" % held[0] in b.log_text()
+
+
+@pytest.fixture
+def truncating_nodes(pg_url, tmp_path):
+    started = []
+    try:
+        for name in ("a", "b"):
+            tmp = str(tmp_path / name)
+            os.makedirs(tmp)
+            started.append(Door(tmp, "--namespace", pg_url, "--pool-name", "pool-" + name,
+                                "--anonymous-access", "FULL", "--connect-host", "127.0.0.1",
+                                "--allow-truncate", *TRUST_LOCAL))
+        yield started
+    finally:
+        for door in started:
+            door.stop()
+
+
+def test_a_read_write_open_is_served_by_the_pool_that_holds_the_file(truncating_nodes, pg_url,
+                                                                     tmp_path):
+    a, b = truncating_nodes
+    (tmp_path / "f").write_bytes(b"0123456789")
+    code, out = dccp(tmp_path / "f", b.url("/rw"))
+    assert code == 0, out + b.log_text()
+    assert pool_of(pg_url, "/rw")[0] == "pool-b"
+
+    control = ControlClient(a.port)
+    try:
+        line = control.ask('2 0 client open "dcap://127.0.0.1//rw" rw 127.0.0.1 1 -passive '
+                           '-truncate -uid=0')
+        data = DataClient(line, 2)
+        assert line.split()[5] != str(a.port)
+        data.send(mc.encode_seek_and_write(2, mc.SEEK_SET) + mc.encode_data(b"ab")
+                  + mc.encode_close())
+        assert control.line() == "2 0 client ok", a.log_text() + b.log_text()
+        data.close()
+    finally:
+        control.close()
+    assert "mover request" in b.log_text() and "rw /rw" in b.log_text()
+    code, out = dccp(a.url("/rw"), tmp_path / "back")
+    assert code == 0, out + a.log_text()
+    assert (tmp_path / "back").read_bytes() == b"01ab456789"
+    assert pool_of(pg_url, "/rw") == ("pool-b", 10)
