@@ -142,6 +142,7 @@ class ClientProxyService(ConfiguredService):
                  self.limits).setServiceParent(self)
         self.relay = RelayStore(self.link)
         memcache = MemcacheFactory(self.relay, reactor, relay_stats(self.link, self.relay))
+        self.relay.front = memcache
         for addr in self.memcache_listen:
             Listener(addr, memcache, self.ownership, reactor,
                      self.limits).setServiceParent(self)

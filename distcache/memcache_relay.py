@@ -4,8 +4,9 @@
 upstream connection (the :class:`~distcache.proxy.ServerLink` every local client
 shares), so memcache and distcache clients of one host share one server connection,
 and the server may be this suite's dc_server or the C one.  To the link it looks like
-one more local connection: requests go out through ``relay`` and replies come back in
-request order through ``ready`` and ``flush``.
+one more local connection: requests go out through ``relay``, replies come back in
+request order through ``ready`` and ``flush``, and when the server connection is full
+every memcache connection stops being read until it drains, as the local ones do.
 
 While the server is away a GET is a miss (the client makes a full handshake) and a
 write is refused with ``SERVER_ERROR``, mirroring dc_client's empty answers.
@@ -71,6 +72,10 @@ class RelayStore:
 
     def __init__(self, link):
         self.link = link
+        link.stores.add(self)
+        #: The MemcacheFactory whose connections make the requests (it is paused and
+        #: resumed with the server connection); set by whoever builds it.
+        self.front = None
         # What the link expects of a local connection:
         self.waiting: Deque = deque()
         self.gone = False
@@ -141,10 +146,13 @@ class RelayStore:
                 d.callback(result)
 
     def pause(self, reason: int) -> None:
-        """The link's back-pressure: each memcache connection bounds its own backlog."""
+        """The link's back-pressure: the server stops reading, so the memcache clients wait."""
+        if self.front is not None:
+            self.front.store_full()
 
     def resume(self, reason: int) -> None:
-        pass
+        if self.front is not None:
+            self.front.store_ready()
 
 
 def relay_stats(link, relay: RelayStore):

@@ -35,6 +35,7 @@ VERSION = "1.6.0-distcache"
 _PAUSE_WRITE = 1      # the client is not reading its replies
 _PAUSE_BACKLOG = 2    # too many replies are still waiting for the store
 _PAUSE_TOUCH = 4      # a touch is in progress; later commands wait for it
+_PAUSE_STORE = 8      # the store takes no more requests for now (dc_client's upstream is full)
 
 
 class StoreUnavailable(Exception):
@@ -102,10 +103,15 @@ class MemcacheProtocol(Protocol):
         counters.curr_connections += 1
         counters.total_connections += 1
         self.transport.registerProducer(self, True)
+        factory = self.factory
+        factory.connections.add(self)
+        if factory.store_blocked:
+            self._pause(_PAUSE_STORE)
 
     def connectionLost(self, reason) -> None:
         self.gone = True
         self.factory.counters.curr_connections -= 1
+        self.factory.connections.discard(self)
         self._queue.clear()
         self._held.clear()
 
@@ -331,6 +337,22 @@ class MemcacheFactory(Factory):
         self.counters = counters if counters is not None else MemcacheCounters()
         self.started = clock.seconds()
         self._stats = stats
+        self.connections = set()    # the live MemcacheProtocols
+        self.store_blocked = False
+
+    # A store on the far side of a connection (dc_client's relay) asks for a pause when
+    # that connection stops taking requests, and for more when it takes them again.
+    def store_full(self) -> None:
+        """Stop reading every connection until ``store_ready``."""
+        self.store_blocked = True
+        for protocol in list(self.connections):
+            protocol._pause(_PAUSE_STORE)
+
+    def store_ready(self) -> None:
+        """Read the connections again (those with no other reason to wait)."""
+        self.store_blocked = False
+        for protocol in list(self.connections):
+            protocol._resume(_PAUSE_STORE)
 
     def stats(self) -> list:
         """memcached's general statistics, under memcached's names."""

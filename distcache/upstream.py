@@ -223,6 +223,9 @@ class ServerLink:
         self.retry = retry
         self.state = LinkState.STARTING
         self.locals: Set["LocalClient"] = set()
+        #: clients of the link that are not connections (dc_client's memcache relay):
+        #: paused and resumed with the locals, not counted among them
+        self.stores: Set["LocalClient"] = set()
         self._upstream: Optional[UpstreamProtocol] = None  # set while CONNECTED or BLOCKED
         self._dropping: Optional[UpstreamProtocol] = None  # aborted, its close to come
         self._retiring: Set[UpstreamProtocol] = set()      # replaced, finishing their requests
@@ -473,11 +476,11 @@ class ServerLink:
         return len(in_flight)
 
     def _pause_locals(self, _arg=None) -> None:
-        for local in self.locals:
+        for local in [*self.locals, *self.stores]:
             local.pause(PAUSE_UPSTREAM)
 
     def _resume_locals(self, _arg=None) -> None:
-        for local in list(self.locals):
+        for local in [*self.locals, *self.stores]:
             local.resume(PAUSE_UPSTREAM)
 
     def _begin_outage(self, _why: str) -> None:

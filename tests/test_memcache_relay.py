@@ -1,6 +1,8 @@
 """dc_client's memcache listener: commands relayed over the shared upstream link."""
 
 import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
@@ -23,6 +25,8 @@ class Farm:
         self.link = ServerLink()
         self.relay = RelayStore(self.link)
         factory = MemcacheFactory(self.relay, self.clock, relay_stats(self.link, self.relay))
+        self.relay.front = factory
+        self.factory = factory
         self.mc = factory.buildProtocol(None)
         self.mc_transport = StringTransport()
         self.mc.makeConnection(self.mc_transport)
@@ -117,3 +121,31 @@ def test_dc_client_options_take_memcache_listeners():
     options = client_tap.Options()
     options.parseOptions(["--server", "UNIX:/tmp/x", "--memcache-listen", "IP:127.0.0.1:11211"])
     assert client_tap.makeService(options).memcache_listen == ["IP:127.0.0.1:11211"]
+
+
+def test_a_full_server_connection_stops_reading_every_memcache_client(farm):
+    first = farm.mc_transport
+    farm.up.pauseProducing()             # the server stops reading: its send buffer fills
+    later = StringTransport()
+    farm.factory.buildProtocol(None).makeConnection(later)
+    assert first.producerState == later.producerState == "paused"
+    assert len(farm.link.locals) == 0    # the relay is not counted as a local connection
+    farm.up.resumeProducing()
+    assert first.producerState == later.producerState == "producing"
+    assert farm.say(b"set k 0 0 1\r\nv\r\n") == b"STORED\r\n"
+
+
+def test_a_memcache_client_paused_for_its_own_reasons_stays_paused_after_the_server_drains(farm):
+    farm.mc.pauseProducing()             # its own replies are not being read
+    farm.up.pauseProducing()
+    farm.up.resumeProducing()
+    assert farm.mc_transport.producerState == "paused"
+    farm.mc.resumeProducing()
+    assert farm.mc_transport.producerState == "producing"
+
+
+def test_losing_a_full_server_connection_lets_the_memcache_clients_be_read_again(farm):
+    farm.up.pauseProducing()
+    assert farm.mc_transport.producerState == "paused"
+    farm.up.connectionLost(Failure(ConnectionDone()))
+    assert farm.mc_transport.producerState == "producing"
