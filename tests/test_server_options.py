@@ -143,10 +143,12 @@ def test_socket_ownership_applied_before_privileges_drop(tmp_path):
         assert wait_until(lambda: os.path.exists(path))
         st = os.stat(path)
         assert st.st_uid == nobody.pw_uid and stat.S_IMODE(st.st_mode) == 0o600
-        # the server runs as nobody now
-        status = open(f"/proc/{proc.pid}/status").read()
-        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        assert uid_line.split()[1:3] == [str(nobody.pw_uid)] * 2
+        # the server then runs as nobody (twistd drops privileges after binding)
+        def uids():
+            with open(f"/proc/{proc.pid}/status") as f:
+                line = next(line for line in f if line.startswith("Uid:"))
+            return line.split()[1:3]
+        assert wait_until(lambda: uids() == [str(nobody.pw_uid)] * 2), uids()
         assert blocking_exchange(socket.AF_UNIX, path, REQUESTS, len(REPLIES)) == REPLIES
     finally:
         proc.terminate()
