@@ -7,7 +7,6 @@ import struct
 import zlib
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
 from distcache.dcap import mover_codec as mc
@@ -20,6 +19,7 @@ from distcache.dcap.transfer import TCP_QUICKACK, Transfer
 from distcache.dcap.pool import open_pool
 from distcache.dcap.dataport import DataPort
 from distcache.dcap.mover import HELLO_TIMEOUT
+from held_workers import HeldWorkers
 
 
 def passive_port(transfer, challenge, on_accept, clock=None, hello_timeout=HELLO_TIMEOUT):
@@ -340,35 +340,9 @@ def test_every_read_of_a_write_is_acknowledged_at_once(pool):
         sock.close()
 
 
-class _LaterWorkers:
-    """Pool workers whose disk work (writes, checksums, the commit's seal) finishes when the test says."""
-
-    def __init__(self):
-        self.waiting = []
-
-    def disk(self, fn, *args):
-        d = defer.Deferred()
-        self.waiting.append((d, fn, args))
-        return d
-
-    def database(self, fn, *args, **kwargs):
-        return fn(*args, **kwargs)
-
-    def finish(self, order):
-        waiting, self.waiting = self.waiting, []
-        for i in order:
-            d, fn, args = waiting[i]
-            try:
-                result = fn(*args)
-            except Exception:
-                d.errback()
-            else:
-                d.callback(result)
-
-
 def test_blocks_are_written_and_summed_on_the_workers_and_joined_in_order_at_close(pool):
     """Each block's FIN goes out before its bytes are written; CLOSE waits for the writes and their sums."""
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/big")
     ch, t = channel_for(tr)
@@ -384,15 +358,15 @@ def test_blocks_are_written_and_summed_on_the_workers_and_joined_in_order_at_clo
     for _ in range(3):
         assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
         assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
-    assert len(later.waiting) == 1  # one batch at a time for a file; the rest gathers behind it
-    assert all(fn is uploadwriter.write_and_sum for _, fn, _ in later.waiting)
+    assert len(later.jobs) == 1  # one batch at a time for a file; the rest gathers behind it
+    assert all(fn is uploadwriter.write_and_sum for _, fn, _ in later.jobs)
     t.clear()
     ch.dataReceived(mc.encode_close(zlib.adler32(payload)))
     assert t.value() == b""  # the close waits for the writes and their sums
     batches = 0
-    while later.waiting:
-        batches += sum(1 for _, fn, _ in later.waiting if fn is uploadwriter.write_and_sum)
-        later.finish(range(len(later.waiting)))
+    while later.jobs:
+        batches += sum(1 for _, fn, _ in later.jobs if fn is uploadwriter.write_and_sum)
+        later.finish(range(len(later.jobs)))
     assert batches == 2  # the first block alone, then all that gathered behind it
     assert Replies(t.value()).reply()[:3] == (mc.ACK, mc.CLOSE, 0)
     entry = pool.engine.lookup("/big", ROOT)
@@ -400,7 +374,7 @@ def test_blocks_are_written_and_summed_on_the_workers_and_joined_in_order_at_clo
 
 
 def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool):
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/bad")
     ch, t = channel_for(tr)
@@ -408,8 +382,8 @@ def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool):
     ch.dataReceived(mc.encode_write() + mc.encode_data(payload, block=len(payload)))
     t.clear()
     ch.dataReceived(mc.encode_close(zlib.adler32(payload) ^ 1))
-    while later.waiting:
-        later.finish(range(len(later.waiting)))
+    while later.jobs:
+        later.finish(range(len(later.jobs)))
     code, cmd, rc, _ = Replies(t.value()).reply()
     assert (code, cmd) == (mc.ACK, mc.CLOSE) and rc != 0
     with pytest.raises(NotFound):
@@ -418,7 +392,7 @@ def test_a_wrong_client_checksum_is_refused_after_sums_off_the_reactor(pool):
 
 def test_a_write_out_of_order_leaves_the_checksum_to_the_pool(pool):
     """A seek back ends the running sum; the pool sums the file at commit, and it still matches."""
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/seeky")
     ch, t = channel_for(tr)
@@ -426,8 +400,8 @@ def test_a_write_out_of_order_leaves_the_checksum_to_the_pool(pool):
                     + mc.encode_seek_and_write(10, mc.SEEK_SET) + mc.encode_data(b"BBB"))
     final = b"a" * 10 + b"BBB" + b"a" * 2987
     ch.dataReceived(mc.encode_close(zlib.adler32(final)))
-    while later.waiting:
-        later.finish(range(len(later.waiting)))
+    while later.jobs:
+        later.finish(range(len(later.jobs)))
     replies = Replies(t.value())
     for _ in range(4):
         replies.reply()
@@ -439,7 +413,7 @@ def test_a_write_out_of_order_leaves_the_checksum_to_the_pool(pool):
 
 
 def test_received_bytes_waiting_for_a_slow_disk_pause_reading_until_written(pool):
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/slow")
     ch, t = channel_for(tr)
@@ -449,13 +423,13 @@ def test_received_bytes_waiting_for_a_slow_disk_pause_reading_until_written(pool
         ch.dataReceived(stream[i:i + 256 * 1024])
     assert t.producerState == "paused"
     assert tr._writer.queued > uploadwriter.HIGH_WATER
-    while later.waiting:
-        later.finish(range(len(later.waiting)))
+    while later.jobs:
+        later.finish(range(len(later.jobs)))
     assert t.producerState == "producing"
     t.clear()
     ch.dataReceived(mc.encode_close(zlib.adler32(payload)))
-    while later.waiting:
-        later.finish(range(len(later.waiting)))
+    while later.jobs:
+        later.finish(range(len(later.jobs)))
     assert Replies(t.value()).reply()[:3] == (mc.ACK, mc.CLOSE, 0)
     with pool.open_read(pool.namespace.lookup("/slow", ROOT)) as f:
         assert f.read() == payload
@@ -466,7 +440,7 @@ def test_a_disk_failure_after_a_fin_fails_the_next_fin_and_the_close(pool, monke
     up = pool.open_write("/kept", ROOT, 0o644)
     up.file.write(b"old contents")
     up.commit()
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/kept")
     outcome = []
@@ -480,8 +454,8 @@ def test_a_disk_failure_after_a_fin_fails_the_next_fin_and_the_close(pool, monke
     r = Replies(t.value())
     assert r.reply()[:3] == (mc.ACK, mc.WRITE, 0)
     assert r.reply()[:3] == (mc.FIN, mc.WRITE, 0)
-    (d, fn, args), = later.waiting
-    later.waiting = [(d, full, args)]
+    (d, fn, args), = later.jobs
+    later.jobs = [(d, full, args)]
     later.finish([0])
     ch.dataReceived(mc.encode_write() + mc.encode_data(b"second"))
     r.data = t.value()
@@ -499,7 +473,7 @@ def test_a_disk_failure_after_a_fin_fails_the_next_fin_and_the_close(pool, monke
 
 
 def test_reading_back_an_upload_waits_until_its_writes_are_in_the_file(pool):
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/rb")
     ch, t = channel_for(tr)
@@ -520,14 +494,14 @@ def test_reading_back_an_upload_waits_until_its_writes_are_in_the_file(pool):
 
 
 def test_a_connection_lost_while_a_batch_is_written_discards_the_upload_after_the_batch(pool):
-    later = _LaterWorkers()
+    later = HeldWorkers()
     pool.workers = later
     tr = write_transfer(pool, "/gone")
     outcome = []
     tr.outcome.addCallback(outcome.append)
     ch, t = channel_for(tr)
     ch.dataReceived(mc.encode_write() + mc.encode_data(b"x" * 5000))
-    assert len(later.waiting) == 1
+    assert len(later.jobs) == 1
     temp = tr.upload.temp_path
     ch.connectionLost(None)
     assert outcome and outcome[0] is not None

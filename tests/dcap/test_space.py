@@ -12,6 +12,7 @@ from distcache.dcap.namespace import ROOT
 from distcache.dcap.pool import open_pool
 from distcache.dcap.space import SpaceSettings, parse_bytes, parse_fraction, resolve_space
 from distcache.dcap.sweeper import Copy, Survey, sweep_target, victims
+from held_workers import HeldWorkers
 
 KB = 100  # every test file has this many bytes
 
@@ -388,29 +389,8 @@ def test_a_failing_tape_is_tried_again_later_and_later(pools, clock):
     assert state(pool, "/f") == "disk+tape"
 
 
-class HeldDisk:
-    """Workers whose disk jobs wait until the test lets them run (database work inline)."""
-
-    def __init__(self):
-        self.held = []
-
-    def database(self, fn, *args, **kwargs):
-        return fn(*args, **kwargs)
-
-    def disk(self, fn, *args, **kwargs):
-        from twisted.internet import defer
-        d = defer.Deferred()
-        self.held.append((d, fn, args, kwargs))
-        return d
-
-    def run_all(self):
-        while self.held:
-            d, fn, args, kwargs = self.held.pop(0)
-            d.callback(fn(*args, **kwargs))
-
-
 def test_a_copy_being_copied_for_an_rw_open_is_busy(tmp_path, clock):
-    workers = HeldDisk()
+    workers = HeldWorkers()
     tape = hsm.DirectoryTape(str(tmp_path / "tape"), clock)
     pool = open_pool(str(tmp_path / "root"), hsm=tape, fsync=False, clock=clock,
                      workers=workers)

@@ -6,36 +6,11 @@ import zlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer
 
 from distcache.dcap import uploadwriter
 from distcache.dcap.uploadwriter import UploadWriter, write_segments
 from distcache.dcap.workers import INLINE
-
-
-class HeldDisk:
-    """Disk workers whose jobs run only when the test says: a disk as slow as wanted."""
-
-    def __init__(self):
-        self.jobs = []
-
-    def disk(self, fn, *args):
-        d = defer.Deferred()
-        self.jobs.append((d, fn, args))
-        return d
-
-    def run_one(self):
-        d, fn, args = self.jobs.pop(0)
-        try:
-            result = fn(*args)
-        except Exception:
-            d.errback()
-        else:
-            d.callback(result)
-
-    def run_all(self):
-        while self.jobs:
-            self.run_one()
+from held_workers import HeldWorkers
 
 
 @pytest.fixture
@@ -50,7 +25,7 @@ def contents(fd):
 
 
 def test_writes_below_a_batch_wait_for_the_batch_or_a_flush(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     w = UploadWriter(fd, disk, batch_size=100)
     w.write(0, b"a" * 40)
     w.write(40, b"b" * 40)
@@ -69,7 +44,7 @@ def test_writes_below_a_batch_wait_for_the_batch_or_a_flush(fd):
 
 
 def test_a_flush_while_a_batch_is_written_sends_the_rest_after_it(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     w = UploadWriter(fd, disk, batch_size=4)
     w.write(0, b"1234")
     w.write(4, b"56")
@@ -82,7 +57,7 @@ def test_a_flush_while_a_batch_is_written_sends_the_rest_after_it(fd):
 
 
 def test_rewrites_of_the_same_bytes_land_in_the_order_they_came(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     w = UploadWriter(fd, disk, batch_size=1 << 20)
     w.write(0, b"old old old")
     w.write(4, b"NEW")           # a seek back: a second segment in the same batch
@@ -95,7 +70,7 @@ def test_rewrites_of_the_same_bytes_land_in_the_order_they_came(fd):
 
 
 def test_when_idle_fires_once_every_accepted_byte_is_written(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     w = UploadWriter(fd, disk, batch_size=1 << 20)
     assert w.when_idle() is None
     w.write(0, b"abc")
@@ -107,7 +82,7 @@ def test_when_idle_fires_once_every_accepted_byte_is_written(fd):
 
 
 def test_a_slow_disk_stops_reading_past_the_high_water_and_resumes_below_the_low(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     calls = []
     w = UploadWriter(fd, disk, on_pressure=calls.append, batch_size=10, high_water=35, low_water=10)
     for i in range(4):
@@ -133,7 +108,7 @@ def test_a_failed_write_in_the_middle_of_a_batch_is_kept_and_nothing_after_it_is
         return real(f, views[:1], offset)  # one piece a call: the batch goes piece by piece
 
     monkeypatch.setattr(uploadwriter, "_pwritev", pwritev)
-    disk = HeldDisk()
+    disk = HeldWorkers()
     errors, pressure = [], []
     w = UploadWriter(fd, disk, on_error=errors.append, on_pressure=pressure.append,
                      batch_size=1 << 20, high_water=25, low_water=5)
@@ -165,7 +140,7 @@ def test_an_inline_writer_writes_and_fails_at_once(tmp_path):
 
 
 def test_discard_drops_what_waits_and_lets_the_running_batch_finish(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     w = UploadWriter(fd, disk, batch_size=3)
     w.write(0, b"abc")
     w.write(3, b"de")
@@ -202,7 +177,7 @@ def test_any_writes_end_as_the_same_bytes_as_writing_them_in_order(tmp_path_fact
     path = str(tmp_path_factory.mktemp("w") / "f")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        disk = HeldDisk()
+        disk = HeldWorkers()
         w = UploadWriter(fd, disk, batch_size=batch, high_water=250, low_water=50)
         expected = bytearray()
         for i, (offset, data) in enumerate(writes):
@@ -225,7 +200,7 @@ def test_any_writes_end_as_the_same_bytes_as_writing_them_in_order(tmp_path_fact
 
 
 def test_each_batch_is_summed_by_the_worker_that_writes_it_and_reported_in_order(fd):
-    disk = HeldDisk()
+    disk = HeldWorkers()
     sums = []
     w = UploadWriter(fd, disk, on_batch=lambda n, s: sums.append((n, s)), batch_size=5)
     w.write(0, b"hello")
@@ -263,7 +238,7 @@ def test_a_failed_batch_reports_no_sum(fd, monkeypatch):
 
     monkeypatch.setattr(uploadwriter, "_pwritev", broken)
     monkeypatch.setattr(uploadwriter.os, "pwrite", broken)
-    disk = HeldDisk()
+    disk = HeldWorkers()
     sums = []
     w = UploadWriter(fd, disk, on_batch=lambda n, s: sums.append((n, s)), batch_size=2)
     w.write(0, b"ab")
