@@ -27,8 +27,8 @@ def pool_of(url, path):
         return conn.execute("SELECT pool, size FROM inode WHERE name = %s", (name,)).fetchone()
 
 
-@pytest.fixture
-def nodes(pg_url, tmp_path):
+def start_nodes(pg_url, tmp_path, *extra):
+    """Doors a and b on one PostgreSQL namespace, pools pool-a and pool-b; stopped after."""
     started = []
     try:
         for name in ("a", "b"):
@@ -36,11 +36,16 @@ def nodes(pg_url, tmp_path):
             os.makedirs(tmp)
             started.append(Door(tmp, "--namespace", pg_url, "--pool-name", "pool-" + name,
                                 "--anonymous-access", "FULL", "--connect-host", "127.0.0.1",
-                                *TRUST_LOCAL))
+                                *extra, *TRUST_LOCAL))
         yield started
     finally:
         for door in started:
             door.stop()
+
+
+@pytest.fixture
+def nodes(pg_url, tmp_path):
+    yield from start_nodes(pg_url, tmp_path)
 
 
 def test_written_through_one_door_read_through_the_other(nodes, pg_url, tmp_path):
@@ -131,18 +136,7 @@ def test_a_file_removed_through_one_door_leaves_no_data_on_the_other_pool(nodes,
 
 @pytest.fixture
 def truncating_nodes(pg_url, tmp_path):
-    started = []
-    try:
-        for name in ("a", "b"):
-            tmp = str(tmp_path / name)
-            os.makedirs(tmp)
-            started.append(Door(tmp, "--namespace", pg_url, "--pool-name", "pool-" + name,
-                                "--anonymous-access", "FULL", "--connect-host", "127.0.0.1",
-                                "--allow-truncate", *TRUST_LOCAL))
-        yield started
-    finally:
-        for door in started:
-            door.stop()
+    yield from start_nodes(pg_url, tmp_path, "--allow-truncate")
 
 
 def test_a_read_write_open_is_served_by_the_pool_that_holds_the_file(truncating_nodes, pg_url,
