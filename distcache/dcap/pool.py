@@ -446,6 +446,25 @@ class Pool:
                 except OSError:
                     pass
 
+    def _remove_unowned(self, name):
+        """Remove name's data if it is a pool file no namespace entry owns: its size, else None."""
+        try:
+            ino_of(name)
+        except DcapError:
+            return None  # not a pool file name
+        try:
+            self.engine.get(name)
+            return None
+        except NotFound:
+            pass  # only a definite "no such entry" makes data an orphan
+        path = self._data_path(name)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return size
+
     def discard_orphan(self, pnfsid):
         """Delete pnfsid's data if no namespace entry owns it any more; True if it did.
 
@@ -453,20 +472,8 @@ class Pool:
         holds the data, to delete it.  Runs on the database worker: the namespace is
         asked first, so data that still has an owner is never touched.
         """
-        try:
-            ino_of(pnfsid)
-        except DcapError:
-            return False  # not a pool file name
-        try:
-            self.engine.get(pnfsid)
-            return False
-        except NotFound:
-            pass
-        path = self._data_path(pnfsid)
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
+        size = self._remove_unowned(pnfsid)
+        if size is None:
             return False
         log.info("removed the data of {pnfsid} ({size} bytes): its file was removed through "
                  "another node's door", pnfsid=pnfsid, size=size)
@@ -485,20 +492,8 @@ class Pool:
         removed = []
         with (exclusive() if exclusive is not None else contextlib.nullcontext()):
             for name in sorted(os.listdir(self.data_dir)):
-                try:
-                    ino_of(name)
-                except DcapError:
-                    continue
-                try:
-                    self.engine.get(name)
-                    continue
-                except NotFound:
-                    pass  # only a definite "no such entry" makes data an orphan
-                path = os.path.join(self.data_dir, name)
-                try:
-                    size = os.stat(path).st_size
-                    os.unlink(path)
-                except FileNotFoundError:
+                size = self._remove_unowned(name)
+                if size is None:
                     continue
                 removed.append(name)
                 log.info("pool sweep: removed {name} ({size} bytes), data that no namespace "
